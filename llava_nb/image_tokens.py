@@ -64,6 +64,19 @@ def select_best_resolution(height: int, width: int, pinpoints) -> tuple[int, int
     return best
 
 
+def pinpoint_candidates(height: int, width: int, pinpoints) -> list[dict]:
+    """Every pinpoint's score for one image: the numbers ``select_best_resolution`` compares."""
+    height, width = check_size(height, width)
+    best = select_best_resolution(height, width, pinpoints)
+    rows = []
+    for bh, bw in pinpoints:
+        scale = min(bw / width, bh / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        rows.append({"pinpoint (h x w)": f"{bh} x {bw}", "scale": round(scale, 4), "effective pixels": effective,
+                     "wasted pixels": bh * bw - effective, "chosen": (bh, bw) == tuple(best)})
+    return rows
+
+
 @dataclass(frozen=True)
 class AnyresLayout:
     """Everything anyres decides for one image (v1.6). Sizes are (height, width)."""

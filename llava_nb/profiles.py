@@ -58,3 +58,25 @@ def profile_model(version: str, profile: str | None = None) -> str:
     if version not in models:
         raise ProfileError(f"unknown LLaVA version {version!r}; choose one of {', '.join(models)}")
     return models[version]
+
+
+def model_and_processor(version: str, profile: str | None = None):
+    """The model and processor a chapter uses for a LLaVA version under the active profile.
+
+    ``tiny``: the tiny model with random weights (seed 0) and the locally built processor, on CPU.
+    ``full``: the public checkpoint from the Hub in bfloat16 with ``device_map="auto"`` (needs a GPU and the
+    weights, downloaded or cached), and its own processor.
+    """
+    from .architectures import build_model, hub_id, load_model
+    from .processors import build_processor, load_processor
+
+    profile = _check(profile, "the profile argument") if profile else get_profile()
+    name = profile_model(version, profile)
+    if profile == "tiny":
+        return build_model(name, seed=0).eval(), build_processor(name)
+    source = hub_id(name)
+    if source is None:
+        raise ProfileError(f"{name} has no public transformers checkpoint; the full profile cannot load it")
+    import torch
+
+    return load_model(source, dtype=torch.bfloat16, device_map="auto").eval(), load_processor(source)

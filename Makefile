@@ -1,0 +1,69 @@
+# Two commands do all set-up:  `make book`  and  `make test`.
+#   make TORCH=system book   keeps the torch already installed in $(PYTHON) (e.g. a CUDA build)
+#   make PROFILE=full book   runs the chapters on real checkpoints (GPUs, network for the weights)
+
+PYTHON  ?= python3
+TORCH   ?= pinned
+PROFILE ?= tiny
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(TORCH)
+CHAPTERS := $(sort $(wildcard book/*.ipynb))
+
+export LLAVA_NB_PROFILE := $(PROFILE)
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: all venv book test unit notebooks bench data constraints clean
+
+all: test
+
+venv: $(STAMP)
+
+# The stamp records what was installed; the venv is rebuilt only when pyproject.toml or constraints.txt change,
+# or when TORCH switches between pinned and system.
+$(STAMP): pyproject.toml constraints.txt
+	@if [ -d $(VENV) ] && [ ! -f $(STAMP) ] && ls $(VENV)/.installed-* >/dev/null 2>&1; then \
+		echo "TORCH changed: recreating $(VENV)"; rm -rf $(VENV); fi
+	@if [ "$(TORCH)" = system ]; then \
+		$(PYTHON) -c "import torch; print('using the installed torch', torch.__version__)" || \
+		{ echo "TORCH=system needs torch importable from $(PYTHON)"; exit 1; }; \
+		test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV); \
+		grep -v '^torch==' constraints.txt > $(VENV)/constraints.txt; \
+	else \
+		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+		cp constraints.txt $(VENV)/constraints.txt; \
+	fi
+	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -e '.[book]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+# Execute every chapter (cached) and build the HTML book into _build/html; warnings are errors.
+book: venv
+	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+
+# Unit tests, then every chapter under nbmake.
+test: unit notebooks
+
+unit: venv
+	$(PY) -m pytest -q tests
+
+notebooks: venv
+	$(PY) -m pytest -q --nbmake --nbmake-timeout=600 -p no:cacheprovider $(CHAPTERS)
+
+# Time each chapter's execution and record it in data/benchmarks/chapters.json.
+bench: venv
+	$(PY) -m llava_nb.bench $(CHAPTERS)
+
+# Regenerate committed artefacts (the tiny tokenizer).
+data: venv
+	$(PY) -m llava_nb.tokenizer
+
+# Re-pin after a deliberate upgrade: freeze the venv into constraints.txt (keeps the header).
+constraints: venv
+	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(llava|-e |pip==|setuptools==|wheel==)' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,44 @@
+"""``llava_nb``: the companion package of the LLaVA fine-tuning book.
+
+The chapters import everything they reuse from here; each module holds one concern:
+
+* ``profiles``: ``tiny`` (CPU) or ``full`` (real checkpoints on GPUs);
+* ``architectures``: ``get_config``, ``build_model``, ``load_model`` for every LLaVA version;
+* ``tokenizer`` / ``processors``: the tiny tokenizer and the LLaVA processors, built locally;
+* ``image_tokens``: how many image tokens an image becomes (anyres included);
+* ``params``: parameter counts from the module structure;
+* ``tracing``: one forward pass, step by step, with shapes;
+* ``plotting`` / ``widgets``: the figures and widgets the chapters share.
+"""
+
+from .architectures import (
+    KNOWN_MODELS,
+    build_model,
+    get_config,
+    hub_id,
+    load_model,
+    resolve_name,
+)
+from .errors import (
+    ImageTokenMismatchError,
+    InvalidSizeError,
+    LlavaNbError,
+    ProfileError,
+    UnknownMethodError,
+    UnknownModelError,
+)
+from .image_tokens import anyres_layout, check_image_tokens, count_image_tokens, select_best_resolution
+from .images import sample_image
+from .params import count_parameters
+from .processors import build_processor, load_processor
+from .profiles import get_profile, profile_model
+from .tokenizer import load_tokenizer
+from .tracing import trace_forward
+
+__all__ = [
+    "KNOWN_MODELS", "build_model", "get_config", "hub_id", "load_model", "resolve_name",
+    "ImageTokenMismatchError", "InvalidSizeError", "LlavaNbError", "ProfileError", "UnknownMethodError",
+    "UnknownModelError", "anyres_layout", "check_image_tokens", "count_image_tokens", "select_best_resolution",
+    "sample_image", "count_parameters", "build_processor", "load_processor", "get_profile", "profile_model",
+    "load_tokenizer", "trace_forward",
+]
