@@ -34,6 +34,9 @@ from .processors import build_processor, load_processor
 from .profiles import get_profile, profile_model
 from .tokenizer import load_tokenizer
 from .tracing import trace_forward
+from .compat import silence_known_warnings
+
+silence_known_warnings()  # known library incompatibilities only; see llava_nb/compat.py
 
 __all__ = [
     "KNOWN_MODELS", "build_model", "get_config", "hub_id", "load_model", "resolve_name",
