@@ -22,16 +22,22 @@ all: test
 
 venv: $(STAMP)
 
-# The stamp records what was installed; the venv is rebuilt only when pyproject.toml or constraints.txt change,
-# or when TORCH switches between pinned and system.
+# The stamp records what was installed; the venv is refreshed only when pyproject.toml or constraints.txt change,
+# and rebuilt when TORCH switches between pinned and system. TORCH=system creates the venv with the same
+# interpreter and appends the site-packages folder that holds its torch to the venv's path (a .pth file), so the
+# venv's own pins come first and torch, with its CUDA libraries, comes from where it is installed. This works
+# whether that torch lives in the system Python, a conda env or another venv.
 $(STAMP): pyproject.toml constraints.txt
 	@if [ -d $(VENV) ] && [ ! -f $(STAMP) ] && ls $(VENV)/.installed-* >/dev/null 2>&1; then \
 		echo "TORCH changed: recreating $(VENV)"; rm -rf $(VENV); fi
 	@if [ "$(TORCH)" = system ]; then \
-		$(PYTHON) -c "import torch; print('using the installed torch', torch.__version__)" || \
-		{ echo "TORCH=system needs torch importable from $(PYTHON)"; exit 1; }; \
-		test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV); \
-		grep -v '^torch==' constraints.txt > $(VENV)/constraints.txt; \
+		site=$$($(PYTHON) -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))") || \
+		{ echo "TORCH=system needs torch importable from PYTHON=$(PYTHON)"; exit 1; }; \
+		version=$$($(PYTHON) -c "import torch; print(torch.__version__)"); \
+		echo "using the installed torch $$version from $$site"; \
+		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+		echo "$$site" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_system_torch.pth"; \
+		{ grep -v '^torch==' constraints.txt; echo "torch==$$version"; } > $(VENV)/constraints.txt; \
 	else \
 		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 		cp constraints.txt $(VENV)/constraints.txt; \

@@ -310,8 +310,7 @@ def load_model(path_or_name: str | Path, dtype: torch.dtype | None = None, **kwa
                 f"{name!r} is neither a local checkpoint folder nor a known model. Known names: "
                 f"{', '.join(KNOWN_MODELS)}; Hugging Face aliases: {', '.join(sorted(ALIASES))}"
             ) from None
-        source = name if "/" in name and ALIASES.get(name.lower()) == canonical and name.lower().startswith(
-            "llava-hf/") else hub_id(canonical)
+        source = hub_id(canonical)
         if source is None:
             raise UnknownModelError(
                 f"{canonical!r} has no public transformers-format checkpoint; use build_model({canonical!r}) "

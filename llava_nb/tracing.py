@@ -48,6 +48,9 @@ def trace_forward(model, input_ids: torch.Tensor, pixel_values: torch.Tensor, im
         steps.append(Step(name, shape, note))
 
     is_next = cfg.model_type == "llava_next"
+    weight = vision.embeddings.patch_embedding.weight
+    pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)  # e.g. fp32 pixels, bf16 model on GPU
+    input_ids = input_ids.to(inner.get_input_embeddings().weight.device)
     add("pixels", pixel_values, "normalised RGB" + (": (images, tiles incl. global view, 3, H, W)" if is_next else ""))
     pixels = pixel_values.flatten(0, 1) if is_next else pixel_values  # (N_views, 3, H, W)
     patch = cfg.vision_config.patch_size

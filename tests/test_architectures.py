@@ -107,3 +107,26 @@ def test_load_model_errors(tmp_path):
         llava_nb.load_model("tiny-llava-1.5")
     with pytest.raises(llava_nb.UnknownModelError, match="config.json"):
         llava_nb.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name,hub", [("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf"),
+                                      ("liuhaotian/llava-v1.5-13b", "llava-hf/llava-1.5-13b-hf"),
+                                      ("LLAVA-HF/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-mistral-7b-hf")])
+def test_load_model_resolves_names_to_hub_checkpoints_safely(name, hub, monkeypatch):
+    """Without network we cannot download; check what load_model asks from_pretrained for."""
+    calls = []
+
+    def fake_from_pretrained(cls, source, **kwargs):
+        calls.append((cls.__name__, source, kwargs))
+        return "loaded"
+
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    for cls in (LlavaForConditionalGeneration, LlavaNextForConditionalGeneration):
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(fake_from_pretrained))
+    assert llava_nb.load_model(name, dtype=torch.bfloat16) == "loaded"
+    (cls_name, source, kwargs), = calls
+    assert source == hub
+    assert kwargs["use_safetensors"] is True and kwargs["trust_remote_code"] is False
+    assert kwargs["dtype"] == torch.bfloat16
+    assert cls_name == ("LlavaNextForConditionalGeneration" if "v1.6" in hub else "LlavaForConditionalGeneration")

@@ -28,3 +28,14 @@ def test_meta_trace_shapes(name, h, w):
     assert logits.shape == (1, 10 + n, 32064)
     if "anyres packing" in shapes:
         assert shapes["anyres packing"] == (n, 4096)
+
+
+def test_trace_casts_inputs_to_the_model_dtype():
+    model = llava_nb.build_model("tiny-llava-1.5", dtype=torch.bfloat16).eval()
+    batch = llava_nb.build_processor("tiny-llava-1.5")(images=llava_nb.sample_image("coffee"), text="<image>\nHi",
+                                                        return_tensors="pt")
+    assert batch["pixel_values"].dtype == torch.float32
+    with torch.no_grad():
+        _, logits = llava_nb.trace_forward(model, batch["input_ids"], batch["pixel_values"])
+        reference = model(**{**batch, "pixel_values": batch["pixel_values"].to(torch.bfloat16)}).logits
+    assert logits.dtype == torch.bfloat16 and torch.equal(logits, reference)
