@@ -14,7 +14,13 @@ torchvision, which this book does not install, and warn before falling back to P
 
 from __future__ import annotations
 
-from transformers import CLIPImageProcessorPil, LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaProcessor
+from transformers import (
+    CLIPImageProcessorPil,
+    LlavaImageProcessorPil,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+    LlavaProcessor,
+)
 
 from .architectures import as_config
 from .tokenizer import IMAGE_TOKEN, load_tokenizer
@@ -25,7 +31,11 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def build_image_processor(model):
-    """The image processor of a model (name, config or module), configured as the public checkpoints are."""
+    """The image processor of a model (name, config or module), configured as LLaVA trains it.
+
+    v1: CLIP's resize + centre crop. v1.5: pad to a square with the mean colour first (``image_aspect_ratio: pad``
+    in LLaVA-1.5's training scripts), so nothing at the edges is cropped away. v1.6: anyres.
+    """
     cfg = as_config(model)
     side = cfg.vision_config.image_size
     common = dict(
@@ -35,7 +45,9 @@ def build_image_processor(model):
     if cfg.model_type == "llava_next":
         return LlavaNextImageProcessorPil(image_grid_pinpoints=[list(p) for p in cfg.image_grid_pinpoints],
                                           do_pad=True, **common)
-    return CLIPImageProcessorPil(**common)
+    if getattr(cfg, "mm_projector_type", "mlp2x_gelu") == "linear":
+        return CLIPImageProcessorPil(**common)
+    return LlavaImageProcessorPil(do_pad=True, **common)
 
 
 def build_processor(model, tokenizer=None, num_additional_image_tokens: int = 1):

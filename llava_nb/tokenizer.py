@@ -1,8 +1,8 @@
 """The tiny models' tokenizer: a byte-level BPE trained locally with 🤗 ``tokenizers``.
 
 Nothing can be downloaded here, so the tiny world has its own tokenizer. It is trained on a deterministic corpus
-of the words the book's synthetic data uses (shapes, colours, counts, positions) and the conversation templates'
-markers, and saved under ``data/tokenizer``. Byte-level BPE means any text still tokenizes: unseen words just
+of the book's synthetic data (captions, questions, answers) and the conversation templates' fixed text, and saved
+under ``data/tokenizer`` with a Vicuna-style chat template. Byte-level BPE means any text still tokenizes: unseen words just
 take more tokens.
 
 Regenerate it with ``python -m llava_nb.tokenizer`` (``make data``).
@@ -10,8 +10,6 @@ Regenerate it with ``python -m llava_nb.tokenizer`` (``make data``).
 
 from __future__ import annotations
 
-import itertools
-import random
 from pathlib import Path
 
 from .paths import TOKENIZER_DIR
@@ -20,59 +18,15 @@ IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 VOCAB_SIZE = 1024
 
-COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white", "gray", "pink", "brown", "cyan"]
-SHAPES = ["circle", "square", "triangle", "star", "rectangle", "ellipse", "diamond", "cross"]
-NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
-POSITIONS = ["top left", "top right", "bottom left", "bottom right", "center", "top", "bottom", "left", "right"]
-SIZES = ["small", "large", "tiny", "big", "medium"]
+def training_corpus(seed: int = 0) -> list[str]:
+    """A deterministic corpus: the synthetic data's captions, questions and answers, and the templates' fixed text."""
+    from .synthetic import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, SHORT_ANSWER_PROMPT, text_corpus
+    from .templates import VICUNA_SYSTEM
 
-# The conversation templates' fixed text (LLaVA's conversation.py): plain, vicuna_v1, mistral_instruct.
-TEMPLATE_TEXT = [
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
-    "USER: ASSISTANT:",
-    "[INST] [/INST]",
-    "Answer the question using a single word or phrase.",
-    "Describe the image briefly. What is in the picture? Give a short caption.",
-]
-
-QUESTION_TEMPLATES = [
-    "What color is the {shape}?",
-    "How many {shape}s are there?",
-    "Where is the {colour} {shape}?",
-    "What shape is {colour}?",
-    "Is there a {colour} {shape} in the image?",
-    "Is the {shape} on the {position}?",
-]
-CAPTION_TEMPLATES = [
-    "A {size} {colour} {shape} in the {position}.",
-    "There are {number} {colour} {shape}s.",
-    "The image shows a {colour} {shape} on the {position}, next to a {size} {shape2}.",
-    "{number} shapes: a {colour} {shape} and a {colour2} {shape2}.",
-]
-
-ANSWER_TEMPLATES = ["Yes.", "No.", "{Colour}.", "{Number}.", "{Shape}.", "{digits}", "It is {colour}.", "In the {position}."]
-
-
-def training_corpus(n_sentences: int = 6000, seed: int = 0) -> list[str]:
-    """A deterministic list of sentences covering the synthetic data's vocabulary and the templates' markers."""
-    rng = random.Random(seed)
-    lines = list(TEMPLATE_TEXT)
-    for words in (COLOURS, SHAPES, NUMBERS, POSITIONS, SIZES):
-        lines.append(" ".join(words))
-        lines.append(" ".join(w.capitalize() for w in words))
-    templates = QUESTION_TEMPLATES + CAPTION_TEMPLATES + ANSWER_TEMPLATES
-    for _, template in zip(range(n_sentences), itertools.cycle(templates)):
-        lines.append(
-            template.format(
-                shape=rng.choice(SHAPES), shape2=rng.choice(SHAPES), colour=rng.choice(COLOURS),
-                colour2=rng.choice(COLOURS), position=rng.choice(POSITIONS), size=rng.choice(SIZES),
-                number=rng.choice(NUMBERS), Colour=rng.choice(COLOURS).capitalize(),
-                Number=rng.choice(NUMBERS).capitalize(), Shape=rng.choice(SHAPES).capitalize(),
-                digits=str(rng.randrange(0, 100)),
-            )
-        )
-    return lines
+    fixed = [VICUNA_SYSTEM, "USER: ASSISTANT:", "[INST] [/INST]", SHORT_ANSWER_PROMPT,
+             "Describe the image briefly. Give a short caption. What is in the picture?"]
+    words = [" ".join(w) for w in (sorted(COLOURS), SHAPES, POSITIONS, COUNT_WORDS)]
+    return fixed * 20 + words * 20 + text_corpus(n=3000, seed=seed)
 
 
 def train_tokenizer(out_dir: Path | str = TOKENIZER_DIR, vocab_size: int = VOCAB_SIZE):
@@ -93,6 +47,8 @@ def train_tokenizer(out_dir: Path | str = TOKENIZER_DIR, vocab_size: int = VOCAB
         show_progress=False,
     )
     tok.train_from_iterator(training_corpus(), trainer=trainer)
+    from .templates import TINY_CHAT_TEMPLATE
+
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
@@ -105,6 +61,7 @@ def train_tokenizer(out_dir: Path | str = TOKENIZER_DIR, vocab_size: int = VOCAB
         extra_special_tokens={"image_token": IMAGE_TOKEN},
         model_max_length=4096,
     )
+    fast.chat_template = TINY_CHAT_TEMPLATE
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
