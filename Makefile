@@ -63,9 +63,10 @@ notebooks: venv
 bench: venv
 	$(PY) -m llava_nb.bench $(CHAPTERS)
 
-# Regenerate committed artefacts (the tiny tokenizer).
+# Regenerate committed artefacts: the tiny tokenizer, then the pretrained tiny ViT and LLM (which depend on it).
 data: venv
-	$(PY) -m llava_nb.tokenizer
+	$(PY) -m llava_nb regenerate tokenizer
+	$(PY) -m llava_nb regenerate parts
 
 # Re-pin after a deliberate upgrade: freeze the venv into constraints.txt (keeps the header).
 constraints: venv

@@ -106,7 +106,7 @@ def _tiny_vocab() -> tuple[int, int]:
     path = TOKENIZER_DIR / "tokenizer.json"
     if not path.exists():
         raise FileNotFoundError(
-            f"the tiny tokenizer is missing at {path}; regenerate it with `python -m llava_nb.tokenizer`"
+            f"the tiny tokenizer is missing at {path}; regenerate it with `python -m llava_nb regenerate tokenizer`"
         )
     tok = json.loads(path.read_text())
     ids = set(tok["model"]["vocab"].values()) | {t["id"] for t in tok["added_tokens"]}

@@ -1,7 +1,10 @@
-"""Command line: ``python -m llava_nb params|tokens ...``.
+"""Command line: ``python -m llava_nb params|tokens|train|generate|regenerate ...``.
 
     python -m llava_nb params --model llava-1.5-7b --method lora
     python -m llava_nb tokens --model llava-v1.6-mistral-7b --size 480x640 --json
+    python -m llava_nb train --model tiny-llava-1.5 --stage 2              # runs pretraining/stage 1 if missing
+    accelerate launch -m llava_nb train --model llava-hf/llava-1.5-7b-hf --stage 2 --data my.json --image-folder imgs
+    python -m llava_nb generate --model .cache/runs/.../final --image photo.png --prompt "What is this?"
     python -m llava_nb --profile full ...      # overrides $LLAVA_NB_PROFILE
 """
 
@@ -61,6 +64,55 @@ def _tokens(args) -> tuple[dict, str]:
     return result, f"{name}\n" + _table(rows)
 
 
+def _value(text: str):
+    """Parse a --set value: int, float, bool, None or string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _train(args) -> tuple[dict, str]:
+    from .train import train
+
+    hp = dict(kv.split("=", 1) for kv in args.set)
+    hp = {k.replace("-", "_"): _value(v) for k, v in hp.items()}
+    for key in ("lr", "epochs", "batch_size", "max_steps", "save_every", "resume_from", "template"):
+        if getattr(args, key) is not None:
+            hp[key] = getattr(args, key)
+    if args.num_processes is not None:
+        hp["num_processes"] = args.num_processes
+    if args.eval_data:
+        hp["eval_data"] = args.eval_data
+    result = train(args.model, args.stage, method=args.method, data=args.data, image_folder=args.image_folder,
+                   output_dir=args.output_dir, seed=args.seed, **hp)
+    keep = ("model", "stage", "method", "steps", "train_loss", "eval_accuracy", "eval_by_type", "seconds",
+            "seconds_total", "num_processes", "device", "final_dir")
+    summary = {k: result[k] for k in keep if k in result}
+    return summary, json.dumps(summary)
+
+
+def _generate(args) -> tuple[dict, str]:
+    from .inference import answer
+
+    text = answer(args.model, args.image, args.prompt, template=args.template, max_new_tokens=args.max_new_tokens)
+    return {"model": args.model, "image": args.image, "prompt": args.prompt, "answer": text}, text
+
+
+def _regenerate(args) -> tuple[dict, str]:
+    if args.what == "tokenizer":
+        from .tokenizer import TOKENIZER_DIR, train_tokenizer
+
+        tok = train_tokenizer()
+        return {"tokenizer": str(TOKENIZER_DIR), "size": len(tok)}, f"saved a {len(tok)}-token tokenizer to {TOKENIZER_DIR}"
+    from .pretrain import ensure_pretrained_parts
+
+    vision, language = ensure_pretrained_parts(retrain=True)
+    return {"vision": str(vision), "language": str(language)}, f"saved {vision} and {language}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .params import METHODS
 
@@ -75,6 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True)
     t.add_argument("--size", required=True, help="HEIGHTxWIDTH in pixels, e.g. 480x640")
     t.add_argument("--json", action="store_true")
+    tr = sub.add_parser("train", help="train a LLaVA (stage 1 or 2); the last line printed is JSON")
+    tr.add_argument("--model", required=True, help="tiny name, checkpoint folder or Hugging Face id")
+    tr.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    tr.add_argument("--method", default="ddp")
+    tr.add_argument("--num-processes", type=int, help="default: every GPU, or 2 CPU processes")
+    tr.add_argument("--data", help="LLaVA-format JSON (default for tiny models: the synthetic set)")
+    tr.add_argument("--image-folder")
+    tr.add_argument("--eval-data", help="held-out LLaVA-format JSON for exact-match accuracy")
+    tr.add_argument("--output-dir")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--max-steps", type=int)
+    tr.add_argument("--save-every", type=int)
+    tr.add_argument("--resume-from")
+    tr.add_argument("--template", choices=("plain", "vicuna_v1", "mistral_instruct", "chat_template"))
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other hyperparameter")
+    g = sub.add_parser("generate", help="answer a question about an image with a trained model")
+    g.add_argument("--model", required=True, help="checkpoint folder (e.g. a run's final/) or Hugging Face id")
+    g.add_argument("--image", required=True)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--template", default=None)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    r = sub.add_parser("regenerate", help="retrain a committed artefact")
+    r.add_argument("what", choices=("tokenizer", "parts"))
+    for p in (tr, g, r):
+        p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -86,7 +166,9 @@ def main(argv=None) -> int:
     if args.profile:
         os.environ[ENV_VAR] = args.profile
     try:
-        result, text = (_params if args.command == "params" else _tokens)(args)
+        handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,
+                   "regenerate": _regenerate}[args.command]
+        result, text = handler(args)
     except LlavaNbError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

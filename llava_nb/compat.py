@@ -14,5 +14,10 @@ KNOWN_WARNINGS = [
 
 
 def silence_known_warnings() -> None:
+    """Ignore exactly the warnings above, and turn off transformers' progress bars (e.g. "Writing model shards"),
+    which would print to stderr in every saving cell of the book."""
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()

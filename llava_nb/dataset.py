@@ -39,6 +39,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.image_processor = image_processor or build_image_processor(self.config)
         self.records = list(records)
         self.blank_images = blank_images
+        self.template = template
         self.items, self.sizes = [], []
         truncated = 0
         for rec in self.records:

@@ -3,11 +3,11 @@
 Each image holds 1-3 objects, each in its own quadrant, with distinct shapes and distinct colours, so every
 question has one right answer that can only be read off the image:
 
-    colour    What color is the circle?                 red
-    shape     What shape is the red object?             circle
-    count     How many shapes are there?                two
-    position  Where is the red circle?                  top left
-    exists    Is there a blue square?                   no
+    colour    What color is the shape at the top left?   red
+    shape     What shape is at the top left?             circle
+    count     How many shapes are there?                 two
+    position  Where is the red shape?                    top left
+    exists    Is there a blue shape?                     no
 
 Stage 1 gets captions ("A red circle at the top left and a blue square at the bottom right."). Stage 2 gets single-
 and multi-turn conversations; half of the questions carry LLaVA-1.5's short-answer prompt ("Answer the question
@@ -100,20 +100,20 @@ def question(scene: list[Obj], qtype: str, rng: random.Random) -> tuple[str, str
     """(question, short answer, sentence answer) of one type about a scene."""
     obj = rng.choice(scene)
     if qtype == "colour":
-        return f"What color is the {obj.shape}?", obj.colour, f"The {obj.shape} is {obj.colour}."
+        return (f"What color is the shape at the {obj.position}?", obj.colour,
+                f"The shape at the {obj.position} is {obj.colour}.")
     if qtype == "shape":
-        return f"What shape is the {obj.colour} object?", obj.shape, f"The {obj.colour} object is {_a(obj.shape)}."
+        return f"What shape is at the {obj.position}?", obj.shape, f"There is {_a(obj.shape)} at the {obj.position}."
     if qtype == "count":
         n = COUNT_WORDS[len(scene)]
         return "How many shapes are there?", n, f"There {'is' if len(scene) == 1 else 'are'} {n} shape{'s' * (len(scene) > 1)}."
     if qtype == "position":
-        return f"Where is the {obj.colour} {obj.shape}?", obj.position, f"The {obj.colour} {obj.shape} is at the {obj.position}."
+        return f"Where is the {obj.colour} shape?", obj.position, f"The {obj.colour} shape is at the {obj.position}."
     if qtype == "exists":
         if rng.random() < 0.5:
-            return f"Is there {_a(obj.colour)} {obj.shape}?", "yes", f"Yes, there is {_a(obj.colour)} {obj.shape}."
-        present = {(o.colour, o.shape) for o in scene}
-        absent = rng.choice([(c, s) for c in sorted(COLOURS) for s in SHAPES if (c, s) not in present])
-        return f"Is there {_a(absent[0])} {absent[1]}?", "no", f"No, there is no {absent[0]} {absent[1]}."
+            return f"Is there {_a(obj.colour)} shape?", "yes", f"Yes, there is {_a(obj.colour)} shape."
+        absent = rng.choice(sorted(set(COLOURS) - {o.colour for o in scene}))
+        return f"Is there {_a(absent)} shape?", "no", f"No, there is no {absent} shape."
     raise ValueError(f"unknown question type {qtype!r}; choose one of {', '.join(QUESTION_TYPES)}")
 
 

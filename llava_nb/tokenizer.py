@@ -5,7 +5,7 @@ of the book's synthetic data (captions, questions, answers) and the conversation
 under ``data/tokenizer`` with a Vicuna-style chat template. Byte-level BPE means any text still tokenizes: unseen words just
 take more tokens.
 
-Regenerate it with ``python -m llava_nb.tokenizer`` (``make data``).
+Regenerate it with ``python -m llava_nb regenerate tokenizer`` (``make data``).
 """
 
 from __future__ import annotations
@@ -75,11 +75,7 @@ def load_tokenizer(path: Path | str = TOKENIZER_DIR):
     path = Path(path)
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(
-            f"no tokenizer at {path}; regenerate it with `python -m llava_nb.tokenizer` (or `make data`)"
+            f"no tokenizer at {path}; regenerate it with `python -m llava_nb regenerate tokenizer` (or `make data`)"
         )
     return AutoTokenizer.from_pretrained(str(path))
 
-
-if __name__ == "__main__":
-    t = train_tokenizer()
-    print(f"saved a {len(t)}-token tokenizer to {TOKENIZER_DIR}")

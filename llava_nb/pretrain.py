@@ -1,0 +1,222 @@
+"""The tiny world's pretrained parts: a CLIP-style ViT and a small Llama, like the real LLaVA starts from.
+
+LLaVA never trains its vision encoder or language model from scratch: it starts from OpenAI's CLIP ViT-L/14
+(contrastive image-text pretraining) and from Vicuna (a Llama fine-tuned for chat). The tiny models get the same
+start, at a laptop's scale:
+
+* ``pretrain_vision``: a tiny ``CLIPVisionModel`` (84 px, 14 px patches) and a tiny text encoder trained with CLIP's
+  symmetric contrastive loss on synthetic images and their captions; only the vision tower is kept.
+
+      logits = exp(t) * normalize(f_img) @ normalize(f_txt).T          # (B, B)
+      loss = (CE(logits, arange(B)) + CE(logits.T, arange(B))) / 2
+
+* ``pretrain_language``: a tiny ``LlamaForCausalLM`` trained with next-token loss on the synthetic text rendered
+  in the conversation templates (no images), so it knows the vocabulary and the chat format.
+
+Both are saved as safetensors under ``data/pretrained`` with their training logs. ``ensure_pretrained_parts``
+loads them if present and trains them otherwise; ``python -m llava_nb regenerate parts`` retrains them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .paths import DATA_DIR
+
+PRETRAINED_DIR = DATA_DIR / "pretrained"
+VISION_DIR = PRETRAINED_DIR / "tiny-clip-vit"
+LANGUAGE_DIR = PRETRAINED_DIR / "tiny-llama"
+VISION_SIDE = 84
+
+
+def _normalise(images: list) -> torch.Tensor:
+    """PIL images of VISION_SIDE px -> CLIP-normalised (B, 3, S, S), as the image processor does for that size."""
+    from .processors import CLIP_MEAN, CLIP_STD
+
+    x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images]))  # (B, S, S, 3)
+    x = (x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def scene_batch(rng: random.Random, n: int, side: int = VISION_SIDE):
+    """``n`` synthetic images with distinct captions: (pixels (n, 3, side, side), captions)."""
+    from .synthetic import caption, draw_scene, random_scene
+
+    images, captions = [], []
+    while len(images) < n:
+        scene = random_scene(rng)
+        text = caption(scene)
+        if text in captions:  # duplicate captions would be contradictory contrastive targets
+            continue
+        images.append(draw_scene(scene, (side, side), rng))
+        captions.append(text)
+    return _normalise(images), captions
+
+
+class ContrastivePair(nn.Module):
+    """A CLIP: vision tower + text tower, each projected to a shared space, with a learned temperature."""
+
+    def __init__(self, vocab_size: int, dim: int = 64):
+        super().__init__()
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionModel
+
+        from .architectures import _tiny_vit
+
+        self.vision = CLIPVisionModel(_tiny_vit(VISION_SIDE))
+        self.text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=256,
+                                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                                                 pad_token_id=3, bos_token_id=1, eos_token_id=2))
+        width = self.vision.config.hidden_size
+        self.vision_proj = nn.Linear(width, dim, bias=False)
+        self.text_proj = nn.Linear(64, dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+
+    def forward(self, pixels, input_ids, attention_mask):
+        img = self.vision_proj(self.vision(pixel_values=pixels).pooler_output)  # (B, dim), CLS after post-LN
+        hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, 64)
+        last = attention_mask.sum(1) - 1  # the final (end-of-text) token of each caption
+        txt = self.text_proj(hidden[torch.arange(hidden.shape[0]), last])  # (B, dim)
+        img, txt = nn.functional.normalize(img, dim=-1), nn.functional.normalize(txt, dim=-1)
+        logits = self.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, B)
+        target = torch.arange(len(logits))
+        loss = (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
+        accuracy = (logits.argmax(1) == target).float().mean()
+        return loss, accuracy
+
+
+def pretrain_vision(out_dir: Path | str = VISION_DIR, steps: int = 300, batch_size: int = 96, lr: float = 2e-3,
+                    seed: int = 0, log_every: int = 10) -> dict:
+    """Train the tiny ViT contrastively; save its ``CLIPVisionModel`` and the training log to ``out_dir``."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from .tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(f"{seed}-clip")
+    tok = load_tokenizer()
+    model = ContrastivePair(len(tok))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = get_cosine_schedule_with_warmup(opt, steps // 10, steps)
+    log, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        pixels, captions = scene_batch(rng, batch_size)
+        enc = tok([c + tok.eos_token for c in captions], padding=True, return_tensors="pt")
+        loss, acc = model(pixels, enc["input_ids"], enc["attention_mask"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            log.append({"step": step, "loss": round(loss.item(), 4), "batch_accuracy": round(acc.item(), 4)})
+    out = Path(out_dir)
+    model.vision.save_pretrained(out)
+    meta = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "seconds": round(time.perf_counter() - start, 1), "log": log}
+    (out / "training_log.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def _text_batch(rng: random.Random, tok, n: int) -> dict:
+    """``n`` synthetic conversations rendered in a random template, without images, padded: next-token targets."""
+    from .synthetic import QUESTION_TYPES, SHORT_ANSWER_PROMPT, caption, question, random_scene
+    from .templates import tokenize_conversation
+
+    seqs = []
+    for _ in range(n):
+        scene = random_scene(rng)
+        if rng.random() < 0.25:
+            turns = [{"from": "human", "value": "Describe the image briefly."}, {"from": "gpt", "value": caption(scene)}]
+        else:
+            turns = []
+            for _ in range(rng.choice((1, 2, 3))):
+                q, short, sentence = question(scene, rng.choice(QUESTION_TYPES), rng)
+                short_form = rng.random() < 0.5
+                turns += [{"from": "human", "value": f"{q}\n{SHORT_ANSWER_PROMPT}" if short_form else q},
+                          {"from": "gpt", "value": short if short_form else sentence}]
+        template = rng.choice(("vicuna_v1", "mistral_instruct"))
+        seqs.append(torch.tensor(tokenize_conversation(tok, turns, template).input_ids))
+    ids = nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=tok.pad_token_id)
+    mask = nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True)
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batch_size: int = 32, lr: float = 3e-3,
+                      seed: int = 0, log_every: int = 10) -> dict:
+    """Train the tiny Llama on synthetic chat text; save it (safetensors) and the training log to ``out_dir``."""
+    from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
+
+    from .architectures import _tiny_llama
+    from .tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(f"{seed}-text")
+    tok = load_tokenizer()
+    model = LlamaForCausalLM(_tiny_llama(len(tok)))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = get_cosine_schedule_with_warmup(opt, steps // 10, steps)
+    log, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        loss = model(**_text_batch(rng, tok, batch_size)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            log.append({"step": step, "loss": round(loss.item(), 4)})
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    meta = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "seconds": round(time.perf_counter() - start, 1), "log": log}
+    (out / "training_log.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def ensure_pretrained_parts(retrain: bool = False) -> tuple[Path, Path]:
+    """Paths of the pretrained ViT and LLM; trains whichever is missing (or both with ``retrain``)."""
+    if retrain or not (VISION_DIR / "model.safetensors").exists():
+        pretrain_vision()
+    if retrain or not (LANGUAGE_DIR / "model.safetensors").exists():
+        pretrain_language()
+    return VISION_DIR, LANGUAGE_DIR
+
+
+def _resize_position_embeddings(weight: torch.Tensor, side: int) -> torch.Tensor:
+    """(1 + n*n, d) CLIP position embeddings -> (1 + side*side, d): CLS kept, the patch grid resized bicubically."""
+    cls, grid = weight[:1], weight[1:]
+    n = int(round(grid.shape[0] ** 0.5))
+    grid = grid.reshape(1, n, n, -1).permute(0, 3, 1, 2)  # (1, d, n, n)
+    grid = nn.functional.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(side * side, -1)])
+
+
+def load_pretrained_parts(model) -> None:
+    """Copy the pretrained tiny ViT and LLM into a tiny LLaVA (in place). The projector stays random.
+
+    v1's tiny ViT sees 56 px instead of 84: its position embeddings are resized, as one does to run CLIP at
+    another resolution.
+    """
+    from safetensors.torch import load_file
+
+    vision_dir, language_dir = ensure_pretrained_parts()
+    vit = load_file(vision_dir / "model.safetensors")
+    vit = {k.removeprefix("vision_model."): v for k, v in vit.items()}
+    tower = model.model.vision_tower
+    key = "embeddings.position_embedding.weight"
+    target = tower.state_dict()[key]
+    if vit[key].shape != target.shape:
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        vit[key] = _resize_position_embeddings(vit[key], side)
+    vit.pop("embeddings.position_ids", None)
+    tower.load_state_dict(vit, strict=True)
+    lm = load_file(language_dir / "model.safetensors")
+    model.lm_head.load_state_dict({"weight": lm.pop("lm_head.weight")})
+    model.model.language_model.load_state_dict({k.removeprefix("model."): v for k, v in lm.items()}, strict=True)

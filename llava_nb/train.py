@@ -1,0 +1,376 @@
+"""One training function for both of LLaVA's stages, any method, any hardware.
+
+    result = train("tiny-llava-1.5", stage=2)            # 2 CPU processes over gloo, or every GPU over NCCL
+
+``train`` prepares everything that must happen once (synthetic data, the pretrained parts, stage 1 when stage 2 is
+asked for a model name), then runs ``run_worker`` in every process: through ``accelerate.notebook_launcher`` from a
+notebook or script, or directly when the processes were started by ``accelerate launch`` / ``torchrun``.
+
+Each worker does the same thing on its shard of every batch:
+
+    model = load (stage 1: tiny name + pretrained ViT/LLM, or a checkpoint) -> freeze for the stage -> method
+    for step: loss = model(**batch).loss ; accelerator.backward(loss) ; optimizer.step()   (DDP all-reduces grads)
+    every save_every steps: accelerator.save_state(...)   (model, optimizer, scheduler, RNG, data position)
+    end: weights as safetensors + processor in output_dir/final ; held-out accuracy ; result.json
+
+The last line a run prints (the CLI's) is that JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import LlavaNbError
+from .paths import REPO_ROOT
+
+CACHE_DIR = Path(os.environ.get("LLAVA_NB_CACHE", REPO_ROOT / ".cache"))
+
+#: The tiny models' recipe: LLaVA's shape (stage 1 projector-only at a high lr, stage 2 everything but the ViT at a
+#: lower one), with learning rates and sizes for ~1M-parameter models on a CPU.
+TINY_HYPERPARAMS = {
+    1: dict(lr=2e-3, epochs=1, batch_size=32, max_length=512, warmup_ratio=0.05),
+    2: dict(lr=1e-3, epochs=2, batch_size=32, max_length=512, warmup_ratio=0.05),
+}
+#: LLaVA-1.5's recipe (scripts/v1_5/pretrain.sh, finetune.sh), for real checkpoints.
+FULL_HYPERPARAMS = {
+    1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03),
+    2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03),
+}
+COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="no", save_every=0, log_every=5,
+              max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
+              find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=2000, n_test=300,
+              gradient_checkpointing=False)
+
+
+class TrainingError(RuntimeError):
+    """A training process failed; the message carries each failed process's own error."""
+
+
+@dataclass
+class TrainSpec:
+    """Everything a worker process needs (picklable, so it crosses ``notebook_launcher``)."""
+
+    model: str
+    stage: int
+    method: str
+    data: str | None
+    image_folder: str | None
+    eval_data: str | None
+    output_dir: str
+    seed: int
+    hp: dict = field(default_factory=dict)
+
+
+def tiny_name(model: str) -> str | None:
+    """The tiny model a name or checkpoint folder is (from ``llava_nb_name`` in its config.json), else None."""
+    from .architectures import resolve_name
+
+    config = Path(model) / "config.json"
+    if config.is_file():
+        name = json.loads(config.read_text()).get("llava_nb_name") or ""
+    else:
+        try:
+            name = resolve_name(model)
+        except LlavaNbError:
+            return None
+    return name if name.startswith("tiny-") else None
+
+
+def default_template(config, stage: int) -> str:
+    if stage == 1:
+        return "plain"
+    name = getattr(config, "llava_nb_name", "") or ""
+    if config.model_type == "llava_next" and (config.text_config.model_type == "mistral" or name == "tiny-llava-v1.6"):
+        return "mistral_instruct"
+    return "vicuna_v1"
+
+
+def synthetic_data(model: str, seed: int = 0, n_images: int = 2000, n_test: int = 300) -> dict:
+    """The synthetic data set for a tiny model (square images for v1/v1.5, several aspect ratios for v1.6),
+    generated once into the cache."""
+    from .architectures import get_config
+    from .synthetic import generate
+
+    sizes = "anyres" if get_config(model).model_type == "llava_next" else "square"
+    folder = CACHE_DIR / "synthetic" / f"{sizes}-{n_images}-{n_test}-seed{seed}"
+    done = folder / "test.json"
+    if not done.exists():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        generate(tmp, n_images=n_images, n_test=n_test, seed=seed, sizes=sizes)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return {"captions": folder / "captions.json", "instruct": folder / "instruct.json", "test": folder / "test.json",
+            "image_folder": folder / "images"}
+
+
+def default_output_dir(model: str, stage: int, method: str, seed: int) -> Path:
+    slug = str(model).strip("/").replace("/", "--")
+    if Path(model).is_dir():
+        slug = Path(model).resolve().parent.name + "--" + Path(model).name
+    return CACHE_DIR / "runs" / f"{slug}-stage{stage}-{method}-seed{seed}"
+
+
+def load_for_training(model: str, stage: int):
+    """(model, tokenizer, image_processor) for a tiny name (pretrained parts, random projector), a checkpoint
+    folder, or a Hub id."""
+    from .architectures import build_model, load_model
+    from .pretrain import load_pretrained_parts
+    from .processors import build_image_processor, load_processor
+    from .tokenizer import load_tokenizer
+
+    if tiny_name(model) and not Path(model).is_dir():
+        net = build_model(model)
+        load_pretrained_parts(net)
+        return net, load_tokenizer(), build_image_processor(net.config)
+    net = load_model(model)
+    folder = Path(model)
+    if folder.is_dir() and not any((folder / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
+        return net, load_tokenizer(), build_image_processor(net.config)
+    processor = load_processor(model)
+    return net, processor.tokenizer, processor.image_processor
+
+
+class Progress:
+    """Position in the data and the losses so far; saved with ``accelerator.save_state`` (via
+    ``register_for_checkpointing``) so that a resumed run continues exactly where it stopped."""
+
+    def __init__(self):
+        self.step, self.losses = 0, []
+
+    def state_dict(self):
+        return {"step": self.step, "losses": list(self.losses)}
+
+    def load_state_dict(self, state):
+        self.step, self.losses = int(state["step"]), list(state["losses"])
+
+
+def run_worker(spec: TrainSpec) -> None:
+    """The body every training process runs (see the module docstring). A failure is also written to
+    ``output_dir/error-rank<N>.txt`` so that the launching process can report the root cause."""
+    try:
+        _run_worker(spec)
+    except Exception as err:
+        rank = os.environ.get("RANK", "0")
+        Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(spec.output_dir) / f"error-rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+        raise
+
+
+def _run_worker(spec: TrainSpec) -> None:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    from .data import load_conversations
+    from .dataset import Collator, ConversationDataset, check_batch
+    from .methods import get_method
+    from .stages import freeze_for_stage
+
+    hp = spec.hp
+    method = get_method(spec.method)
+    start = time.perf_counter()
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=hp["mixed_precision"],
+        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **method.accelerator_kwargs(hp))
+    set_seed(spec.seed)
+    out = Path(spec.output_dir)
+    model, tokenizer, image_processor = load_for_training(spec.model, spec.stage)
+    freeze_for_stage(model, f"stage{spec.stage}")
+    if hp["unfreeze_vision"]:  # what LLaVA-NeXT's recipes do; also the DDP unused-parameter trap
+        model.model.vision_tower.requires_grad_(True)
+    if hp["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = method.prepare_model(model, hp)
+    template = hp["template"] or default_template(model.config, spec.stage)
+    records = load_conversations(spec.data, spec.image_folder)
+    dataset = ConversationDataset(records, tokenizer, model.config, template, hp["max_length"], image_processor)
+    world = accelerator.num_processes
+    micro = hp["batch_size"] // (world * hp["gradient_accumulation_steps"])
+    if micro < 1 or micro * world * hp["gradient_accumulation_steps"] != hp["batch_size"]:
+        raise LlavaNbError(f"batch_size={hp['batch_size']} must be a multiple of processes x accumulation steps = "
+                           f"{world} x {hp['gradient_accumulation_steps']}")
+    generator = torch.Generator().manual_seed(spec.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=micro, shuffle=True, drop_last=True, generator=generator,
+                                         collate_fn=Collator(tokenizer.pad_token_id))
+    steps_per_epoch = len(loader) // (world * hp["gradient_accumulation_steps"])
+    total = hp["max_steps"] or steps_per_epoch * hp["epochs"]
+    if total < 1:
+        raise LlavaNbError(f"{len(dataset)} samples give no full batch of {hp['batch_size']}; lower batch_size")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    # The scheduler is stepped by hand once per optimizer step (not handed to prepare(), which would step it once
+    # per process) and saved with the state through register_for_checkpointing.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(hp["warmup_ratio"] * total), total)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    progress = Progress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    if hp["resume_from"]:
+        accelerator.load_state(hp["resume_from"])
+    micro_done = progress.step * hp["gradient_accumulation_steps"]
+    model.train()
+    first = True
+    while progress.step < total:
+        epoch, skip = divmod(micro_done, len(loader))
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in epoch_loader:
+            if first:
+                check_batch(batch, model.config if hasattr(model, "config") else accelerator.unwrap_model(model).config)
+                first = False
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_done += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            progress.step += 1
+            progress.losses.append(accelerator.reduce(loss.detach(), "mean").item())
+            if accelerator.is_main_process and hp["log_every"] and progress.step % hp["log_every"] == 0:
+                print(f"step {progress.step}/{total} loss {progress.losses[-1]:.4f}", flush=True)
+            if hp["save_every"] and progress.step % hp["save_every"] == 0:
+                accelerator.save_state(str(out / "checkpoints" / f"step_{progress.step}"))
+            if progress.step >= total or (hp["stop_after"] and progress.step >= hp["stop_after"]):
+                break
+        if hp["stop_after"] and progress.step >= hp["stop_after"]:
+            break
+    accelerator.wait_for_everyone()
+    finished = progress.step >= total
+    result = {"model": spec.model, "stage": spec.stage, "method": spec.method, "template": template,
+              "steps": progress.step, "total_steps": total, "finished": finished, "losses": progress.losses,
+              "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
+              "num_processes": world, "device": accelerator.device.type, "output_dir": str(out),
+              "hyperparams": {k: v for k, v in hp.items() if k != "resume_from"}}
+    if accelerator.is_main_process:
+        final = out / "final"
+        if finished:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(final, safe_serialization=True)
+            _processor_for(unwrapped.config, tokenizer, image_processor).save_pretrained(final)
+            result["final_dir"] = str(final)
+            if spec.eval_data:
+                from .evaluate import evaluate
+
+                test = load_conversations(spec.eval_data, spec.image_folder)[: hp["eval_max"]]
+                test_set = ConversationDataset(test, tokenizer, unwrapped.config, template, hp["max_length"],
+                                               image_processor)
+                metrics = evaluate(unwrapped, test_set)
+                result.update(eval_accuracy=metrics["accuracy"], eval_by_type=metrics["by_type"],
+                              eval_examples=metrics["examples"])
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def _processor_for(config, tokenizer, image_processor):
+    from transformers import LlavaNextProcessor, LlavaProcessor
+
+    from .tokenizer import IMAGE_TOKEN
+
+    cls = LlavaNextProcessor if config.model_type == "llava_next" else LlavaProcessor
+    return cls(image_processor=image_processor, tokenizer=tokenizer, patch_size=config.vision_config.patch_size,
+               vision_feature_select_strategy=config.vision_feature_select_strategy, image_token=IMAGE_TOKEN,
+               num_additional_image_tokens=1)
+
+
+def _in_distributed_launch() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def default_num_processes() -> int:
+    """Every GPU where there are GPUs (without initialising CUDA in this process), else 2 CPU processes."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 2
+
+
+def launch(spec: TrainSpec, num_processes: int) -> None:
+    """Run ``run_worker(spec)`` in ``num_processes`` processes (or in this one)."""
+    if _in_distributed_launch() or num_processes == 1:
+        run_worker(spec)
+        return
+    from accelerate import notebook_launcher
+
+    notebook_launcher(run_worker, (spec,), num_processes=num_processes)
+
+
+def train(model, stage, method: str = "ddp", data=None, image_folder=None, output_dir=None, seed: int = 0,
+          **hyperparams) -> dict:
+    """Train a LLaVA model for one of LLaVA's stages and return the run's results.
+
+    ``model``: a tiny name (starts from the pretrained tiny ViT and LLM), a checkpoint folder (e.g. a stage-1
+    output) or a Hugging Face id. ``stage``: 1 (projector only) or 2 (projector + LLM). ``data``/``image_folder``:
+    a LLaVA-format JSON and its images; default, for tiny models, the synthetic set. Asked for stage 2 of a tiny
+    name, ``train`` first runs (or reuses) stage 1. Hyperparameters default to the tiny recipe for tiny models
+    and to LLaVA-1.5's recipe otherwise; any of them can be overridden (see ``TINY_HYPERPARAMS`` and ``COMMON``).
+
+    Returns ``result.json``'s content: ``train_loss``, ``losses``, ``eval_accuracy`` (when there is held-out data),
+    ``seconds``, ``final_dir`` and more.
+    """
+    from .methods import get_method
+
+    if stage not in (1, 2, "1", "2"):
+        raise LlavaNbError(f"stage must be 1 or 2, got {stage!r}")
+    stage = int(stage)
+    get_method(method)  # fail before any work on an unknown method
+    model = str(model)
+    tiny = tiny_name(model)
+    unknown = set(hyperparams) - set(COMMON) - set(TINY_HYPERPARAMS[1])
+    if unknown:
+        raise LlavaNbError(f"unknown hyperparameter(s) {sorted(unknown)}; known: "
+                           f"{sorted(set(COMMON) | set(TINY_HYPERPARAMS[1]))}")
+    hp = {**COMMON, **(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **hyperparams}
+    eval_data = hyperparams.pop("eval_data", None)
+    if data is None:
+        if not tiny:
+            raise LlavaNbError(f"{model} needs data=... and image_folder=... (LLaVA-format JSON and its images); "
+                               "only tiny models have built-in synthetic data")
+        syn = synthetic_data(tiny, seed, hp["n_images"], hp["n_test"])
+        data = syn["captions" if stage == 1 else "instruct"]
+        image_folder, eval_data = syn["image_folder"], syn["test"] if stage == 2 else None
+    start = time.perf_counter()
+    if tiny:
+        from .pretrain import ensure_pretrained_parts
+
+        ensure_pretrained_parts()
+    prior = None
+    if stage == 2 and tiny and not Path(model).is_dir():
+        stage1_dir = default_output_dir(model, 1, method, seed)
+        if not (stage1_dir / "final" / "model.safetensors").exists():
+            prior = train(model, 1, method=method, output_dir=stage1_dir, seed=seed,
+                          **{k: v for k, v in hyperparams.items() if k in ("num_processes", "n_images", "n_test")})
+        model = str(stage1_dir / "final")
+    out = Path(output_dir) if output_dir else default_output_dir(model, stage, method, seed)
+    for stale in [out / "result.json", *out.glob("error-rank*.txt")] if hp["resume_from"] is None else out.glob("error-rank*.txt"):
+        if stale.exists():
+            stale.unlink()
+    spec = TrainSpec(model, stage, method, str(data), str(image_folder) if image_folder else None,
+                     str(eval_data) if eval_data else None, str(out), seed, hp)
+    try:
+        launch(spec, hp["num_processes"] or default_num_processes())
+    except Exception as err:
+        causes = sorted(out.glob("error-rank*.txt"))
+        if not causes:
+            raise
+        detail = "\n".join(f"{c.stem.removeprefix('error-')}: {c.read_text()}" for c in causes)
+        raise TrainingError(f"training failed in {len(causes)} process(es):\n{detail}") from err
+    result_file = out / "result.json"
+    if not result_file.exists():
+        raise RuntimeError(f"training finished without writing {result_file}; see the processes' output above")
+    result = json.loads(result_file.read_text())
+    result["seconds_total"] = round(time.perf_counter() - start, 1) + (prior["seconds_total"] if prior else 0.0)
+    if prior:
+        result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir")}
+    return result

@@ -1,0 +1,159 @@
+import hashlib
+import json
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+import llava_nb
+from llava_nb.data import DataError, load_conversations
+from llava_nb.dataset import Collator, ConversationDataset
+from llava_nb.synthetic import generate
+from llava_nb.templates import IGNORE_INDEX, tokenize_conversation
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    (tmp_path / "images" / "coco" / "train2017").mkdir(parents=True)
+    Image.new("RGB", (120, 80), (200, 10, 10)).save(tmp_path / "images" / "coco" / "train2017" / "a.jpg")
+    Image.new("RGB", (50, 90), (10, 200, 10)).save(tmp_path / "images" / "b.png")
+    return tmp_path
+
+
+def _write(folder, records):
+    path = folder / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+GOOD = [
+    # LCS-558K style: <image> at the end of the first human turn, nested folder
+    {"id": "GCC_train_000", "image": "coco/train2017/a.jpg",
+     "conversations": [{"from": "human", "value": "Give a brief description of the image.\n<image>"},
+                       {"from": "gpt", "value": "a red square"}]},
+    # llava_v1_5_mix665k text-only record: no image key, no <image>
+    {"id": "sharegpt_1", "conversations": [{"from": "human", "value": "Hello"}, {"from": "gpt", "value": "Hi!"}]},
+    # multi-turn, <image> at the start
+    {"id": "000000033471", "image": "b.png",
+     "conversations": [{"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "Green."},
+                       {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]},
+]
+
+
+def test_reads_real_formats(folder):
+    records = load_conversations(_write(folder, GOOD), folder / "images")
+    assert [r["id"] for r in records] == ["GCC_train_000", "sharegpt_1", "000000033471"]
+    assert records[0]["image"].endswith("coco/train2017/a.jpg")
+    assert records[1]["image"] is None
+
+
+@pytest.mark.parametrize("record,problem", [
+    ({"id": "x1", "image": "missing.jpg", "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                            {"from": "gpt", "value": "A"}]}, "missing image file"),
+    ({"id": "x2", "image": "b.png", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+     "no <image>"),
+    ({"id": "x3", "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]},
+     "no 'image' key"),
+    ({"id": "x4", "conversations": [{"from": "human", "value": "Q"}, {"from": "robot", "value": "A"}]}, "unknown role"),
+    ({"id": "x5", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "  "}]}, "empty answer"),
+    ({"id": "x6", "conversations": [{"from": "gpt", "value": "A"}, {"from": "human", "value": "Q"}]}, "alternate"),
+])
+def test_bad_records_name_id_and_problem(folder, record, problem):
+    with pytest.raises(DataError) as err:
+        load_conversations(_write(folder, [GOOD[1], record]), folder / "images")
+    assert isinstance(err.value, ValueError)
+    assert str(err.value).startswith(record["id"] + ": ")
+    assert problem in str(err.value)
+
+
+def test_skip_bad_counts_in_a_warning(folder):
+    bad = [{"id": f"m{i}", "image": "nope.jpg", "conversations": [{"from": "human", "value": "<image>"},
+                                                                  {"from": "gpt", "value": "A"}]} for i in range(3)]
+    with pytest.warns(UserWarning, match=r"skipped 3 of 6 records.*3 x missing image file"):
+        records = load_conversations(_write(folder, GOOD + bad), folder / "images", skip_bad=True)
+    assert len(records) == 3
+
+
+def _masked(tok, ids, labels):
+    """Render a sample: supervised tokens between « and »."""
+    out = []
+    for i, l in zip(ids, labels):
+        text = tok.decode([i])
+        out.append(f"«{text}»" if l != IGNORE_INDEX else text)
+    return "".join(out).replace("»«", "")
+
+
+def test_label_mask_of_a_multi_turn_sample():
+    tok = llava_nb.load_tokenizer()
+    turns = GOOD[2]["conversations"]
+    t = tokenize_conversation(tok, turns, "vicuna_v1", n_image_tokens=2)
+    rendered = _masked(tok, t.input_ids, t.labels)
+    assert rendered.endswith("USER: <image><image>\nWhat color? ASSISTANT:« Green.</s>»USER: Sure? ASSISTANT:« Yes.</s>»")
+    assert rendered.startswith("<s>A chat between")
+    t = tokenize_conversation(tok, turns, "mistral_instruct", n_image_tokens=2)
+    assert _masked(tok, t.input_ids, t.labels) == (
+        "<s>[INST] <image><image>\nWhat color? [/INST]« Green. </s>»[INST] Sure? [/INST]« Yes. </s>»")
+    t = tokenize_conversation(tok, GOOD[0]["conversations"], "plain", n_image_tokens=2)
+    assert _masked(tok, t.input_ids, t.labels) == "<s><image><image>«a red square\n»"
+
+
+def test_chat_template_equals_vicuna():
+    tok = llava_nb.load_tokenizer()
+    a = tokenize_conversation(tok, GOOD[2]["conversations"], "vicuna_v1", n_image_tokens=5)
+    b = tokenize_conversation(tok, GOOD[2]["conversations"], "chat_template", n_image_tokens=5)
+    assert (a.input_ids, a.labels, a.image_span) == (b.input_ids, b.labels, b.image_span)
+
+
+def test_truncation_never_cuts_image_tokens():
+    tok = llava_nb.load_tokenizer()
+    turns = GOOD[2]["conversations"]
+    with pytest.raises(llava_nb.ImageTokenMismatchError, match="cut through the image tokens"):
+        tokenize_conversation(tok, turns, "vicuna_v1", n_image_tokens=576, max_length=400)
+    t = tokenize_conversation(tok, turns, "vicuna_v1", n_image_tokens=10, max_length=50)
+    assert len(t.input_ids) == 50 and t.truncated > 0 and t.image_span[1] <= 50
+
+
+def test_unknown_template():
+    with pytest.raises(llava_nb.LlavaNbError, match="vicuna_v1"):
+        tokenize_conversation(llava_nb.load_tokenizer(), GOOD[1]["conversations"], "llama3")
+
+
+def test_dataset_and_collator(folder):
+    records = load_conversations(_write(folder, GOOD), folder / "images")
+    tok = llava_nb.load_tokenizer()
+    for name in ["tiny-llava-1.5", "tiny-llava-v1.6"]:
+        ds = ConversationDataset(records, tok, name, "vicuna_v1")
+        right = Collator(tok.pad_token_id, "right")([ds[i] for i in range(3)])
+        left = Collator(tok.pad_token_id, "left")([ds[i] for i in range(3)])
+        assert right["pixel_values"].shape[0] == 2  # the text-only record has no image
+        assert (right["input_ids"][:, 0] == tok.bos_token_id).all()  # right padding: starts aligned
+        assert (left["attention_mask"][:, -1] == 1).all()  # left padding: ends aligned
+        assert (right["labels"][right["attention_mask"] == 0] == IGNORE_INDEX).all()
+        if name.endswith("v1.6"):
+            assert right["image_sizes"].tolist() == [[80, 120], [90, 50]]
+            assert right["pixel_values"].dim() == 5
+        model = llava_nb.build_model(name)
+        assert torch.isfinite(model(**right).loss)
+
+
+def test_dataset_warns_about_truncated_text(folder):
+    records = load_conversations(_write(folder, GOOD), folder / "images")
+    with pytest.warns(UserWarning, match="longer than max_length"):
+        ConversationDataset(records, llava_nb.load_tokenizer(), "tiny-llava-v1", "vicuna_v1", max_length=64)
+
+
+def test_synthetic_generator_is_deterministic(tmp_path):
+    a = generate(tmp_path / "a", n_images=30, n_test=10, seed=3, sizes="anyres")
+    b = generate(tmp_path / "b", n_images=30, n_test=10, seed=3, sizes="anyres")
+    digest = lambda folder: hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*.png")))).hexdigest()
+    assert digest(a["image_folder"]) == digest(b["image_folder"])
+    for key in ("captions", "instruct", "test"):
+        assert a[key].read_text() == b[key].read_text()
+    records = load_conversations(a["instruct"], a["image_folder"])
+    assert len(records) == 30 and any(len(r["conversations"]) > 2 for r in records)
+    test = load_conversations(a["test"], a["image_folder"])
+    assert {r["question_type"] for r in test} == {"colour", "shape", "count", "position", "exists"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_conversations(a["captions"], a["image_folder"])

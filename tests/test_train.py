@@ -1,0 +1,98 @@
+"""train(): both stages, resume from a checkpoint, real-checkpoint code path, errors. Small and in-process."""
+
+import json
+
+import pytest
+import torch
+
+import llava_nb
+from llava_nb.synthetic import generate
+from llava_nb.train import TrainingError, train
+
+FAST = dict(num_processes=1, batch_size=8, log_every=0, eval_max=10)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn"), n_images=48, n_test=10, seed=1)
+
+
+def test_stage1_then_stage2_writes_safetensors_and_results(small_data, tmp_path):
+    r1 = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+               output_dir=tmp_path / "s1", max_steps=3, **FAST)
+    final = tmp_path / "s1" / "final"
+    assert r1["steps"] == 3 and r1["finished"] and (final / "model.safetensors").exists()
+    assert not list(final.glob("*.bin"))
+    reloaded = llava_nb.load_model(final)
+    assert reloaded.config.llava_nb_name == "tiny-llava-1.5"
+    r2 = train(str(final), 2, data=small_data["instruct"], image_folder=small_data["image_folder"],
+               output_dir=tmp_path / "s2", max_steps=3, eval_data=small_data["test"], **FAST)
+    assert r2["template"] == "vicuna_v1" and 0.0 <= r2["eval_accuracy"] <= 1.0
+    assert set(r2["eval_by_type"]) == {"colour", "shape", "count", "position", "exists"}
+    saved = json.loads((tmp_path / "s2" / "result.json").read_text())
+    assert saved["train_loss"] == r2["train_loss"]
+
+
+def test_stage1_trains_only_the_projector(small_data, tmp_path):
+    before = llava_nb.build_model("tiny-llava-1.5")
+    from llava_nb.pretrain import load_pretrained_parts
+
+    load_pretrained_parts(before)
+    train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+          output_dir=tmp_path, max_steps=2, **FAST)
+    after = llava_nb.load_model(tmp_path / "final")
+    a, b = before.state_dict(), after.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+
+
+def test_resume_gives_the_same_losses(small_data, tmp_path):
+    common = dict(data=small_data["captions"], image_folder=small_data["image_folder"], max_steps=6, **FAST)
+    full = train("tiny-llava-1.5", 1, output_dir=tmp_path / "full", **common)
+    train("tiny-llava-1.5", 1, output_dir=tmp_path / "cut", save_every=2, stop_after=4, **common)
+    checkpoint = tmp_path / "cut" / "checkpoints" / "step_4"
+    assert checkpoint.exists()
+    resumed = train("tiny-llava-1.5", 1, output_dir=tmp_path / "cut", resume_from=str(checkpoint), **common)
+    assert resumed["steps"] == 6 and len(resumed["losses"]) == 6
+    assert resumed["losses"] == pytest.approx(full["losses"], abs=1e-6)
+    a = llava_nb.load_model(tmp_path / "full" / "final").state_dict()
+    b = llava_nb.load_model(tmp_path / "cut" / "final").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_v16_trains_with_anyres(tmp_path):
+    data = generate(tmp_path / "syn", n_images=16, n_test=4, sizes="anyres")
+    r = train("tiny-llava-v1.6", 1, data=data["captions"], image_folder=data["image_folder"],
+              output_dir=tmp_path / "run", max_steps=2, **FAST)
+    assert r["finished"] and r["template"] == "plain"
+    r = train(r["final_dir"], 2, data=data["instruct"], image_folder=data["image_folder"],
+              output_dir=tmp_path / "run2", max_steps=2, eval_data=data["test"], **FAST)
+    assert r["template"] == "mistral_instruct"
+
+
+def test_real_checkpoint_code_path(small_data, tmp_path):
+    """A tiny model saved in plain Hugging Face format (no llava_nb name): the path a real checkpoint takes."""
+    model = llava_nb.build_model("tiny-llava-1.5")
+    del model.config.llava_nb_name
+    model.save_pretrained(tmp_path / "hf")
+    llava_nb.build_processor("tiny-llava-1.5").save_pretrained(tmp_path / "hf")
+    with pytest.raises(llava_nb.LlavaNbError, match="needs data"):
+        train(str(tmp_path / "hf"), 2)
+    r = train(str(tmp_path / "hf"), 2, data=small_data["instruct"], image_folder=small_data["image_folder"],
+              output_dir=tmp_path / "run", max_steps=2, lr=1e-4, **FAST)
+    assert r["hyperparams"]["max_length"] == 2048  # LLaVA-1.5's recipe, not the tiny one
+    answer = llava_nb.inference.answer(r["final_dir"], small_data["image_folder"] / "test" / "000" / "test_000000.png",
+                                       "How many shapes are there?", max_new_tokens=3)
+    assert isinstance(answer, str)
+
+
+def test_errors(small_data, tmp_path):
+    with pytest.raises(llava_nb.UnknownMethodError, match="planned"):
+        train("tiny-llava-1.5", 1, method="zero3")
+    with pytest.raises(llava_nb.LlavaNbError, match="stage must be 1 or 2"):
+        train("tiny-llava-1.5", 3)
+    with pytest.raises(llava_nb.LlavaNbError, match="unknown hyperparameter"):
+        train("tiny-llava-1.5", 1, learning_rate=1)
+    with pytest.raises(TrainingError, match="multiple of"):
+        train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+              output_dir=tmp_path, num_processes=1, batch_size=8, gradient_accumulation_steps=3)
