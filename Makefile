@@ -59,12 +59,16 @@ unit: venv
 notebooks: venv
 	$(PY) -m pytest -q --nbmake --nbmake-timeout=600 -p no:cacheprovider $(CHAPTERS)
 
-# Time each chapter's execution and record it in data/benchmarks/chapters.json.
+# Time the tiny pipeline from nothing (data/benchmarks/tiny_pipeline.json) and each chapter's execution
+# (data/benchmarks/chapters.json).
 bench: venv
+	$(PY) -m llava_nb.bench pipeline
 	$(PY) -m llava_nb.bench $(CHAPTERS)
 
-# Regenerate committed artefacts: the tiny tokenizer, then the pretrained tiny ViT and LLM (which depend on it).
+# Regenerate committed artefacts: the data sample, the tiny tokenizer, then the pretrained tiny ViT and LLM
+# (which depend on it).
 data: venv
+	$(PY) -m llava_nb regenerate sample
 	$(PY) -m llava_nb regenerate tokenizer
 	$(PY) -m llava_nb regenerate parts
 

@@ -88,7 +88,8 @@ def _train(args) -> tuple[dict, str]:
         hp["eval_data"] = args.eval_data
     result = train(args.model, args.stage, method=args.method, data=args.data, image_folder=args.image_folder,
                    output_dir=args.output_dir, seed=args.seed, **hp)
-    keep = ("model", "stage", "method", "steps", "train_loss", "eval_accuracy", "eval_by_type", "seconds",
+    keep = ("model", "stage", "method", "steps", "train_loss", "eval_accuracy", "eval_by_type", "eval_blank_accuracy",
+            "seconds",
             "seconds_total", "num_processes", "device", "final_dir")
     summary = {k: result[k] for k in keep if k in result}
     return summary, json.dumps(summary)
@@ -102,6 +103,11 @@ def _generate(args) -> tuple[dict, str]:
 
 
 def _regenerate(args) -> tuple[dict, str]:
+    if args.what == "sample":
+        from .synthetic import write_sample
+
+        out = write_sample()
+        return {"sample": str(out)}, f"wrote the data sample to {out}"
     if args.what == "tokenizer":
         from .tokenizer import TOKENIZER_DIR, train_tokenizer
 
@@ -152,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--template", default=None)
     g.add_argument("--max-new-tokens", type=int, default=32)
     r = sub.add_parser("regenerate", help="retrain a committed artefact")
-    r.add_argument("what", choices=("tokenizer", "parts"))
+    r.add_argument("what", choices=("tokenizer", "parts", "sample"))
     for p in (tr, g, r):
         p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return parser

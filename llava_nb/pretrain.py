@@ -30,7 +30,11 @@ from torch import nn
 
 from .paths import DATA_DIR
 
-PRETRAINED_DIR = DATA_DIR / "pretrained"
+import os
+
+#: Where the pretrained parts live; ``LLAVA_NB_PRETRAINED`` redirects it (the pipeline benchmark trains them afresh
+#: in a temporary folder).
+PRETRAINED_DIR = Path(os.environ.get("LLAVA_NB_PRETRAINED", DATA_DIR / "pretrained"))
 VISION_DIR = PRETRAINED_DIR / "tiny-clip-vit"
 LANGUAGE_DIR = PRETRAINED_DIR / "tiny-llama"
 VISION_SIDE = 84
@@ -60,8 +64,31 @@ def scene_batch(rng: random.Random, n: int, side: int = VISION_SIDE):
     return _normalise(images), captions
 
 
+def sincos_position_embeddings(grid: int, dim: int) -> torch.Tensor:
+    """(1 + grid*grid, dim) 2-D sine-cosine position embeddings (as in MAE), CLS row zero.
+
+    Half of the channels encode the row, half the column, each with sines and cosines of geometrically spaced
+    frequencies, so every patch token starts with a distinct, smooth signature of where it is.
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)  # (dim/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                                indexing="ij")
+    parts = []
+    for coord in (rows.flatten(), cols.flatten()):
+        angle = coord[:, None] * omega[None]  # (grid*grid, dim/4)
+        parts += [torch.sin(angle), torch.cos(angle)]
+    return torch.cat([torch.zeros(1, dim), torch.cat(parts, dim=1)])
+
+
 class ContrastivePair(nn.Module):
-    """A CLIP: vision tower + text tower, each projected to a shared space, with a learned temperature."""
+    """A CLIP: vision tower + text tower, each projected to a shared space, with a learned temperature.
+
+    The vision tower's position embeddings start from 2-D sine-cosine values instead of CLIP's N(0, 0.02): at
+    this size, with small random position embeddings, the patch tokens of layer -2 come out of contrastive
+    training carrying almost nothing about *where* they are (a linear probe finds their quadrant at chance), so
+    the LLM cannot answer "what is at the top left?". Real CLIP ViT-L's patch tokens do encode position.
+    """
 
     def __init__(self, vocab_size: int, dim: int = 64):
         super().__init__()
@@ -70,6 +97,10 @@ class ContrastivePair(nn.Module):
         from .architectures import _tiny_vit
 
         self.vision = CLIPVisionModel(_tiny_vit(VISION_SIDE))
+        embeddings = getattr(self.vision, "vision_model", self.vision).embeddings
+        grid = VISION_SIDE // embeddings.patch_size
+        with torch.no_grad():
+            embeddings.position_embedding.weight.copy_(sincos_position_embeddings(grid, embeddings.embed_dim))
         self.text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=256,
                                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
                                                  pad_token_id=3, bos_token_id=1, eos_token_id=2))

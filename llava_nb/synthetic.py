@@ -1,18 +1,20 @@
-"""A deterministic synthetic visual-QA data set: coloured shapes in the quadrants of an image.
+"""A deterministic synthetic visual-QA data set: copies of one coloured shape in the quadrants of an image.
 
-Each image holds 1-3 objects, each in its own quadrant, with distinct shapes and distinct colours, so every
-question has one right answer that can only be read off the image:
+Each image holds 1-4 copies of one shape in one colour, each copy in its own quadrant. Every question has one
+right answer that can only be read off the image:
 
-    colour    What color is the shape at the top left?   red
-    shape     What shape is at the top left?             circle
-    count     How many shapes are there?                 two
-    position  Where is the red shape?                    top left
-    exists    Is there a blue shape?                     no
+    colour    What color are the shapes?                red
+    shape     What shape is in the image?               circle
+    count     How many shapes are there?                two
+    position  Is there a shape at the top left?         yes
+    exists    Is there a blue shape?                    no
 
-Stage 1 gets captions ("A red circle at the top left and a blue square at the bottom right."). Stage 2 gets single-
-and multi-turn conversations; half of the questions carry LLaVA-1.5's short-answer prompt ("Answer the question
-using a single word or phrase.") with a one-word answer, the others a sentence. The held-out test split asks
-short-answer questions and records each question's type.
+The scenes are deliberately simple: a model of a million parameters has to learn them on a laptop CPU in a few
+minutes, and the point is to see it learn to *use the image* (a blank image leaves it at chance), not to
+reach a benchmark. Stage 1 gets captions ("Two red circles at the top left and the bottom right."). Stage 2 gets
+single- and multi-turn conversations; half of the questions carry LLaVA-1.5's short-answer prompt ("Answer the
+question using a single word or phrase.") with a one-word answer, the others a sentence. The held-out test split
+asks short-answer questions and records each question's type.
 
 Files are LLaVA's own format: PNG images in nested folders plus JSON lists of
 ``{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": ...}]}``.
@@ -50,12 +52,11 @@ class Obj:
 
 
 def random_scene(rng: random.Random) -> list[Obj]:
-    """1-3 objects in distinct quadrants, with distinct shapes and distinct colours."""
-    n = rng.randint(1, 3)
-    positions = rng.sample(POSITIONS, n)
-    shapes = rng.sample(SHAPES, n)
-    colours = rng.sample(sorted(COLOURS), n)
-    return sorted((Obj(s, c, p) for s, c, p in zip(shapes, colours, positions)), key=lambda o: POSITIONS.index(o.position))
+    """1-4 copies of one shape in one colour, in distinct quadrants (listed in quadrant order)."""
+    n = rng.randint(1, 4)
+    shape, colour = rng.choice(SHAPES), rng.choice(sorted(COLOURS))
+    positions = sorted(rng.sample(POSITIONS, n), key=POSITIONS.index)
+    return [Obj(shape, colour, p) for p in positions]
 
 
 def draw_scene(scene: list[Obj], size: tuple[int, int], rng: random.Random):
@@ -68,7 +69,7 @@ def draw_scene(scene: list[Obj], size: tuple[int, int], rng: random.Random):
     for obj in scene:
         row, col = divmod(POSITIONS.index(obj.position), 2)
         qh, qw = h / 2, w / 2
-        r = 0.32 * min(qh, qw) * rng.uniform(0.85, 1.1)
+        r = 0.4 * min(qh, qw) * rng.uniform(0.9, 1.05)
         cy = (row + 0.5) * qh + rng.uniform(-0.08, 0.08) * qh
         cx = (col + 0.5) * qw + rng.uniform(-0.08, 0.08) * qw
         fill = COLOURS[obj.colour]
@@ -90,30 +91,41 @@ def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{COUNT_WORDS[n]} {word}{'s' * (n > 1)}"
+
+
+def _places(scene: list[Obj]) -> str:
+    places = [f"the {o.position}" for o in scene]
+    return places[0] if len(places) == 1 else ", ".join(places[:-1]) + " and " + places[-1]
+
+
 def caption(scene: list[Obj]) -> str:
-    parts = [f"{_a(o.colour)} {o.shape} at the {o.position}" for o in scene]
-    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return text[0].upper() + text[1:] + "."
+    n, obj = len(scene), scene[0]
+    text = f"{_plural(n, obj.colour + ' ' + obj.shape)} at {_places(scene)}."
+    return text[0].upper() + text[1:]
 
 
 def question(scene: list[Obj], qtype: str, rng: random.Random) -> tuple[str, str, str]:
     """(question, short answer, sentence answer) of one type about a scene."""
-    obj = rng.choice(scene)
+    n, obj = len(scene), scene[0]
     if qtype == "colour":
-        return (f"What color is the shape at the {obj.position}?", obj.colour,
-                f"The shape at the {obj.position} is {obj.colour}.")
+        return ("What color are the shapes?" if n > 1 else "What color is the shape?", obj.colour,
+                f"The shape{'s are' if n > 1 else ' is'} {obj.colour}.")
     if qtype == "shape":
-        return f"What shape is at the {obj.position}?", obj.shape, f"There is {_a(obj.shape)} at the {obj.position}."
+        return "What shape is in the image?", obj.shape, f"The image shows {_plural(n, obj.shape)}."
     if qtype == "count":
-        n = COUNT_WORDS[len(scene)]
-        return "How many shapes are there?", n, f"There {'is' if len(scene) == 1 else 'are'} {n} shape{'s' * (len(scene) > 1)}."
+        return "How many shapes are there?", COUNT_WORDS[n], f"There {'is' if n == 1 else 'are'} {_plural(n, 'shape')}."
     if qtype == "position":
-        return f"Where is the {obj.colour} shape?", obj.position, f"The {obj.colour} shape is at the {obj.position}."
+        where = rng.choice(POSITIONS)
+        if any(o.position == where for o in scene):
+            return f"Is there a shape at the {where}?", "yes", f"Yes, there is {_a(obj.shape)} at the {where}."
+        return f"Is there a shape at the {where}?", "no", f"No, the {where} is empty."
     if qtype == "exists":
-        if rng.random() < 0.5:
-            return f"Is there {_a(obj.colour)} shape?", "yes", f"Yes, there is {_a(obj.colour)} shape."
-        absent = rng.choice(sorted(set(COLOURS) - {o.colour for o in scene}))
-        return f"Is there {_a(absent)} shape?", "no", f"No, there is no {absent} shape."
+        colour = obj.colour if rng.random() < 0.5 else rng.choice(sorted(set(COLOURS) - {obj.colour}))
+        if colour == obj.colour:
+            return f"Is there {_a(colour)} shape?", "yes", f"Yes, there is {_a(colour)} {obj.shape}."
+        return f"Is there {_a(colour)} shape?", "no", f"No, the shapes are {obj.colour}." if n > 1 else f"No, the shape is {obj.colour}."
     raise ValueError(f"unknown question type {qtype!r}; choose one of {', '.join(QUESTION_TYPES)}")
 
 
@@ -180,3 +192,14 @@ def text_corpus(n: int = 4000, seed: int = 0) -> list[str]:
         q, short, sentence = question(scene, rng.choice(QUESTION_TYPES), rng)
         lines.append(f"{q} {sentence}")
     return lines
+
+
+def write_sample(out_dir: Path | str | None = None) -> Path:
+    """The small sample committed under ``data/sample``: a few square records, and a few anyres ones in
+    ``anyres/``, so readers can see the format without generating anything."""
+    from .paths import DATA_DIR
+
+    out = Path(out_dir) if out_dir else DATA_DIR / "sample"
+    generate(out, n_images=6, n_test=5, seed=0, sizes="square")
+    generate(out / "anyres", n_images=4, n_test=2, seed=0, sizes="anyres")
+    return out
