@@ -49,7 +49,7 @@ FULL_HYPERPARAMS = {
 COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="no", save_every=0, log_every=5,
               max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
               find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=3000, n_test=300,
-              gradient_checkpointing=False)
+              gradient_checkpointing=False, force=False)
 
 
 class TrainingError(RuntimeError):
@@ -256,7 +256,8 @@ def _run_worker(spec: TrainSpec) -> None:
               "steps": progress.step, "total_steps": total, "finished": finished, "losses": progress.losses,
               "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
               "num_processes": world, "device": accelerator.device.type, "output_dir": str(out),
-              "hyperparams": {k: v for k, v in hp.items() if k != "resume_from"}}
+              "hyperparams": {k: v for k, v in hp.items() if k not in ("resume_from", "_fingerprint")},
+              "spec": hp.get("_fingerprint")}
     if accelerator.is_main_process:
         final = out / "final"
         if finished:
@@ -338,12 +339,12 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     get_method(method)  # fail before any work on an unknown method
     model = str(model)
     tiny = tiny_name(model)
+    eval_data = hyperparams.pop("eval_data", None)
     unknown = set(hyperparams) - set(COMMON) - set(TINY_HYPERPARAMS[1])
     if unknown:
         raise LlavaNbError(f"unknown hyperparameter(s) {sorted(unknown)}; known: "
                            f"{sorted(set(COMMON) | set(TINY_HYPERPARAMS[1]))}")
     hp = {**COMMON, **(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **hyperparams}
-    eval_data = hyperparams.pop("eval_data", None)
     if data is None:
         if not tiny:
             raise LlavaNbError(f"{model} needs data=... and image_folder=... (LLaVA-format JSON and its images); "
@@ -358,17 +359,24 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
         ensure_pretrained_parts()
     prior = None
     if stage == 2 and tiny and not Path(model).is_dir():
-        stage1_dir = default_output_dir(model, 1, method, seed)
-        if not (stage1_dir / "final" / "model.safetensors").exists():
-            prior = train(model, 1, method=method, output_dir=stage1_dir, seed=seed,
-                          **{k: v for k, v in hyperparams.items() if k in ("num_processes", "n_images", "n_test")})
-        model = str(stage1_dir / "final")
+        prior = train(model, 1, method=method, seed=seed, **{k: v for k, v in hyperparams.items()
+                                                             if k in ("num_processes", "n_images", "n_test", "force")})
+        model = prior["final_dir"]
     out = Path(output_dir) if output_dir else default_output_dir(model, stage, method, seed)
-    for stale in [out / "result.json", *out.glob("error-rank*.txt")] if hp["resume_from"] is None else out.glob("error-rank*.txt"):
-        if stale.exists():
-            stale.unlink()
     spec = TrainSpec(model, stage, method, str(data), str(image_folder) if image_folder else None,
                      str(eval_data) if eval_data else None, str(out), seed, hp)
+    fingerprint = {k: v for k, v in asdict(spec).items() if k != "hp"}
+    fingerprint["hp"] = {k: v for k, v in hp.items() if k not in ("force", "num_processes", "log_every")}
+    cached = out / "result.json"
+    if not hp["force"] and hp["resume_from"] is None and cached.exists():
+        previous = json.loads(cached.read_text())
+        if previous.get("spec") == json.loads(json.dumps(fingerprint)) and previous.get("finished"):
+            previous["cached"] = True  # the same run finished before: reuse it (force=True retrains)
+            return previous
+    for stale in [cached, *out.glob("error-rank*.txt")] if hp["resume_from"] is None else out.glob("error-rank*.txt"):
+        if stale.exists():
+            stale.unlink()
+    hp["_fingerprint"] = fingerprint
     try:
         launch(spec, hp["num_processes"] or default_num_processes())
     except Exception as err:
@@ -381,7 +389,8 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if not result_file.exists():
         raise RuntimeError(f"training finished without writing {result_file}; see the processes' output above")
     result = json.loads(result_file.read_text())
-    result["seconds_total"] = round(time.perf_counter() - start, 1) + (prior["seconds_total"] if prior else 0.0)
+    result["seconds_total"] = round(time.perf_counter() - start, 1)
     if prior:
-        result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir")}
+        result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir", "cached")}
+    result_file.write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -25,9 +25,16 @@ def test_stage1_then_stage2_writes_safetensors_and_results(small_data, tmp_path)
     assert not list(final.glob("*.bin"))
     reloaded = llava_nb.load_model(final)
     assert reloaded.config.llava_nb_name == "tiny-llava-1.5"
+    again = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+                  output_dir=tmp_path / "s1", max_steps=3, **FAST)
+    assert again["cached"] and again["losses"] == r1["losses"]  # the same finished run is reused
+    forced = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+                   output_dir=tmp_path / "s1", max_steps=3, force=True, **FAST)
+    assert "cached" not in forced and forced["losses"] == pytest.approx(r1["losses"], abs=1e-6)  # deterministic
     r2 = train(str(final), 2, data=small_data["instruct"], image_folder=small_data["image_folder"],
                output_dir=tmp_path / "s2", max_steps=3, eval_data=small_data["test"], **FAST)
     assert r2["template"] == "vicuna_v1" and 0.0 <= r2["eval_accuracy"] <= 1.0
+    assert 0.0 <= r2["eval_blank_accuracy"] <= 1.0
     assert set(r2["eval_by_type"]) == {"colour", "shape", "count", "position", "exists"}
     saved = json.loads((tmp_path / "s2" / "result.json").read_text())
     assert saved["train_loss"] == r2["train_loss"]
