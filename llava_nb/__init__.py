@@ -8,6 +8,9 @@ The chapters import everything they reuse from here; each module holds one conce
 * ``image_tokens``: how many image tokens an image becomes (anyres included);
 * ``params``: parameter counts from the module structure;
 * ``tracing``: one forward pass, step by step, with shapes;
+* ``synthetic`` / ``data`` / ``templates`` / ``dataset``: the shapes data, reading LLaVA files, templates, batches;
+* ``pretrain`` / ``train`` / ``methods`` / ``evaluate`` / ``inference``: the tiny pretrained parts, ``train()``,
+  its method plug-ins, held-out evaluation, and answering questions;
 * ``plotting`` / ``widgets``: the figures and widgets the chapters share.
 """
 
@@ -19,6 +22,7 @@ from .architectures import (
     load_model,
     resolve_name,
 )
+from .data import DataError, load_conversations
 from .errors import (
     ImageTokenMismatchError,
     InvalidSizeError,
@@ -34,6 +38,8 @@ from .processors import build_processor, load_processor
 from .profiles import get_profile, profile_model
 from .tokenizer import load_tokenizer
 from .tracing import trace_forward
+from .train import train
+from . import inference
 from .compat import silence_known_warnings
 
 silence_known_warnings()  # known library incompatibilities only; see llava_nb/compat.py
@@ -43,5 +49,5 @@ __all__ = [
     "ImageTokenMismatchError", "InvalidSizeError", "LlavaNbError", "ProfileError", "UnknownMethodError",
     "UnknownModelError", "anyres_layout", "check_image_tokens", "count_image_tokens", "select_best_resolution",
     "sample_image", "count_parameters", "build_processor", "load_processor", "get_profile", "profile_model",
-    "load_tokenizer", "trace_forward",
+    "load_tokenizer", "trace_forward", "train", "DataError", "load_conversations", "inference",
 ]

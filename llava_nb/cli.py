@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--template", default=None)
     g.add_argument("--max-new-tokens", type=int, default=32)
+    w = sub.add_parser("worker")  # internal: one training process of launch()'s fresh-process route
+    w.add_argument("spec")
     r = sub.add_parser("regenerate", help="retrain a committed artefact")
     r.add_argument("what", choices=("tokenizer", "parts", "sample"))
     for p in (tr, g, r):
@@ -171,6 +173,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.profile:
         os.environ[ENV_VAR] = args.profile
+    if args.command == "worker":
+        from .train import TrainSpec, run_worker
+
+        run_worker(TrainSpec(**json.loads(open(args.spec).read())))
+        return 0
     try:
         handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,
                    "regenerate": _regenerate}[args.command]

@@ -123,7 +123,7 @@ def tokenize_conversation(tokenizer, turns: list[dict], template: str, n_image_t
         if span is not None and span[1] > max_length:
             raise ImageTokenMismatchError(
                 f"{record_id}: truncating to max_length={max_length} would cut through the image tokens "
-                f"(positions {span[0]}-{span[1] - 1}); raise max_length to at least {span[1] + 1} or drop the sample")
+                f"(positions {span[0]}-{span[1] - 1}); raise max_length to at least {span[1]} or drop the sample")
         truncated = len(ids) - max_length
         ids, labels = ids[:max_length], labels[:max_length]
     return Tokenized(ids, labels, span, truncated)

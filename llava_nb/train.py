@@ -304,10 +304,30 @@ def default_num_processes() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 2
 
 
+def _launch_fresh_processes(spec: TrainSpec, num_processes: int) -> None:
+    """Start the workers as fresh processes through ``accelerate launch`` (``python -m llava_nb worker SPEC``)."""
+    import subprocess
+    import sys
+
+    spec_file = Path(spec.output_dir) / "spec.json"
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(json.dumps(asdict(spec)))
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "-m", "llava_nb", "worker", str(spec_file)], check=True)
+
+
 def launch(spec: TrainSpec, num_processes: int) -> None:
-    """Run ``run_worker(spec)`` in ``num_processes`` processes (or in this one)."""
+    """Run ``run_worker(spec)`` in ``num_processes`` processes (or in this one).
+
+    ``notebook_launcher`` forks, which CUDA forbids once this process has initialised it (a notebook that already
+    ran a model on the GPU, say); then the workers start as fresh processes through ``accelerate launch``.
+    """
     if _in_distributed_launch() or num_processes == 1:
         run_worker(spec)
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        _launch_fresh_processes(spec, num_processes)
         return
     from accelerate import notebook_launcher
 
@@ -315,7 +335,27 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         # Share the cores between the CPU processes. Accelerate would set 1 thread and warn (on stderr, which the
         # book build treats as an error) when OMP_NUM_THREADS is unset.
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // num_processes)))
-    notebook_launcher(run_worker, (spec,), num_processes=num_processes)
+    # torch's elastic launcher logs a failed process's whole traceback to stderr; train() re-raises the failure
+    # as a TrainingError that carries each process's own error, so that log is redundant here.
+    import logging
+
+    elastic = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)
+    try:
+        notebook_launcher(run_worker, (spec,), num_processes=num_processes)
+    except Exception:
+        errors = list(Path(spec.output_dir).glob("error-rank*.txt"))
+        if not any("Cannot re-initialize CUDA in forked subprocess" in e.read_text() for e in errors):
+            raise
+        # CUDA was initialised in this process by something torch.cuda.is_initialized() does not see (it happens
+        # after an earlier notebook_launcher run on some machines): fork cannot work, fresh processes can.
+        for e in errors:
+            e.unlink()
+        print("notebook_launcher could not fork after CUDA was initialised; starting fresh processes instead")
+        _launch_fresh_processes(spec, num_processes)
+    finally:
+        elastic.setLevel(level)
 
 
 def train(model, stage, method: str = "ddp", data=None, image_folder=None, output_dir=None, seed: int = 0,
@@ -394,3 +434,4 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
         result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir", "cached")}
     result_file.write_text(json.dumps(result, indent=1) + "\n")
     return result
+

@@ -1,0 +1,86 @@
+"""The tiny pipeline and the Accelerate chapter's launcher on every GPU of one machine, over NCCL.
+
+Run on a GPU machine from the repository root (the book's results came from the device tool's 2-GPU H100/H200
+machines):
+
+    python data/gpu/tiny_pipeline_gpus.py data/gpu/tiny_pipeline_2gpu.json
+
+It records the GPUs and library versions, what each launched process sees (rank, device, backend, an
+all-reduce), an ``accelerate launch`` run (the multi-machine code path on one machine), and the whole tiny
+pipeline (stage 1, stage 2, held-out and blank-image accuracy) from an empty cache.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# NVLink multicast stays off on shared machines (it can take a host's GPUs down).
+for var, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+    os.environ.setdefault(var, value)
+WORK = Path("/tmp/llava_nb_gpu")
+os.environ["LLAVA_NB_CACHE"] = str(WORK / "cache")  # before llava_nb is imported
+
+
+def who_am_i(out_dir):
+    import torch
+    from accelerate import Accelerator
+
+    acc = Accelerator()
+    t = torch.tensor([acc.process_index + 1.0], device=acc.device)
+    total = acc.reduce(t, "sum").item()
+    info = {"rank": acc.process_index, "world_size": acc.num_processes, "device": str(acc.device),
+            "backend": torch.distributed.get_backend() if acc.num_processes > 1 else None, "all_reduced_sum": total}
+    Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps(info))
+
+
+def main(out_file: str) -> None:
+    import torch
+    from accelerate import notebook_launcher
+
+    import llava_nb
+    from llava_nb.train import train
+
+    n = torch.cuda.device_count()  # does not initialise CUDA in this process (notebook_launcher requires that)
+    ranks = WORK / "ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    print("CUDA initialised in the parent before the launcher:", torch.cuda.is_initialized(), flush=True)
+    notebook_launcher(who_am_i, (str(ranks),), num_processes=n)
+    print("CUDA initialised in the parent after the launcher:", torch.cuda.is_initialized(), flush=True)
+    launcher = [json.loads(p.read_text()) for p in sorted(ranks.glob("rank*.json"))]
+    start = time.perf_counter()
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                               str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "-m", "llava_nb", "train", "--model", "tiny-llava-1.5", "--stage", "1", "--max-steps",
+                               "4", "--output-dir", str(WORK / "launched"), "--set", "log_every=0"],
+                              capture_output=True, text=True)
+    accelerate_launch = {"exit_code": launched.returncode, "seconds": round(time.perf_counter() - start, 1),
+                         "last_line": json.loads(launched.stdout.strip().splitlines()[-1]) if launched.returncode == 0
+                         else launched.stderr[-2000:]}
+    print("CUDA initialised in the parent before train():", torch.cuda.is_initialized(), flush=True)
+    start = time.perf_counter()
+    result = train("tiny-llava-1.5", 2, num_processes=n, log_every=0)
+    wall = time.perf_counter() - start
+    import accelerate
+    import transformers
+
+    record = {
+        "gpu": torch.cuda.get_device_name(0), "gpus": n, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())), "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__, "python": sys.version.split()[0], "launcher": launcher,
+        "accelerate_launch": accelerate_launch,
+        "pipeline": {"seconds_wall": round(wall, 1), "seconds_stage2": result["seconds"],
+                     "stage1": result.get("stage1"), "steps": result["steps"], "train_loss": result["train_loss"],
+                     "losses": result["losses"], "eval_accuracy": result["eval_accuracy"],
+                     "eval_blank_accuracy": result["eval_blank_accuracy"], "eval_by_type": result["eval_by_type"],
+                     "num_processes": result["num_processes"], "device": result["device"]},
+        "llava_nb_hyperparams": result["hyperparams"],
+    }
+    Path(out_file).write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "pipeline"} | {"accuracy": result["eval_accuracy"]}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "tiny_pipeline_gpus.json")
