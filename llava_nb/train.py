@@ -229,7 +229,7 @@ def _run_worker(spec: TrainSpec) -> None:
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in epoch_loader:
             if first:
-                check_batch(batch, model.config if hasattr(model, "config") else accelerator.unwrap_model(model).config)
+                check_batch(batch, accelerator.unwrap_model(model).config)
                 first = False
             with accelerator.accumulate(model):
                 loss = model(**batch).loss

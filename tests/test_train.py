@@ -103,3 +103,19 @@ def test_errors(small_data, tmp_path):
     with pytest.raises(TrainingError, match="multiple of"):
         train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
               output_dir=tmp_path, num_processes=1, batch_size=8, gradient_accumulation_steps=3)
+
+
+def test_cli_train_prints_json_last_and_generate_answers(small_data, tmp_path, capsys):
+    from llava_nb.cli import main
+
+    argv = ["train", "--model", "tiny-llava-1.5", "--stage", "1", "--num-processes", "1", "--data",
+            str(small_data["captions"]), "--image-folder", str(small_data["image_folder"]), "--output-dir",
+            str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "8", "--set", "log_every=0"]
+    assert main(argv) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["steps"] == 2 and "train_loss" in last and "seconds" in last
+    image = small_data["image_folder"] / "test" / "000" / "test_000000.png"
+    assert main(["generate", "--model", last["final_dir"], "--image", str(image), "--prompt", "How many?",
+                 "--max-new-tokens", "2"]) == 0
+    assert main(["generate", "--model", last["final_dir"], "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
+    assert "no image file" in capsys.readouterr().err
