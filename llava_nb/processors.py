@@ -50,19 +50,20 @@ def build_image_processor(model):
     return LlavaImageProcessorPil(do_pad=True, **common)
 
 
-def build_processor(model, tokenizer=None, num_additional_image_tokens: int = 1):
+def build_processor(model, tokenizer=None, num_additional_image_tokens: int = 1, image_processor=None):
     """A ``LlavaProcessor`` (v1, v1.5) or ``LlavaNextProcessor`` (v1.6) for a model.
 
     ``tokenizer`` defaults to the committed tiny tokenizer. With a full-size model name the processor counts and
     lays out image tokens exactly as the real checkpoint's does, but its text ids are the tiny tokenizer's: to
     run a real checkpoint, use ``load_processor`` on it.
     ``num_additional_image_tokens`` is exposed only so the book can show what the wrong value does.
+    ``image_processor`` defaults to ``build_image_processor(model)`` (pass a checkpoint's own to keep it).
     """
     cfg = as_config(model)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
     cls = LlavaNextProcessor if cfg.model_type == "llava_next" else LlavaProcessor
     return cls(
-        image_processor=build_image_processor(cfg), tokenizer=tokenizer, patch_size=cfg.vision_config.patch_size,
+        image_processor=image_processor or build_image_processor(cfg), tokenizer=tokenizer, patch_size=cfg.vision_config.patch_size,
         vision_feature_select_strategy=cfg.vision_feature_select_strategy, image_token=IMAGE_TOKEN,
         num_additional_image_tokens=num_additional_image_tokens,
     )

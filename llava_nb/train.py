@@ -175,6 +175,7 @@ def _run_worker(spec: TrainSpec) -> None:
     from .data import load_conversations
     from .dataset import Collator, ConversationDataset, check_batch
     from .methods import get_method
+    from .processors import build_processor
     from .stages import freeze_for_stage
 
     hp = spec.hp
@@ -263,7 +264,7 @@ def _run_worker(spec: TrainSpec) -> None:
         if finished:
             unwrapped = accelerator.unwrap_model(model)
             unwrapped.save_pretrained(final, safe_serialization=True)
-            _processor_for(unwrapped.config, tokenizer, image_processor).save_pretrained(final)
+            build_processor(unwrapped.config, tokenizer, image_processor=image_processor).save_pretrained(final)
             result["final_dir"] = str(final)
             if spec.eval_data:
                 from .evaluate import evaluate
@@ -282,17 +283,6 @@ def _run_worker(spec: TrainSpec) -> None:
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-
-
-def _processor_for(config, tokenizer, image_processor):
-    from transformers import LlavaNextProcessor, LlavaProcessor
-
-    from .tokenizer import IMAGE_TOKEN
-
-    cls = LlavaNextProcessor if config.model_type == "llava_next" else LlavaProcessor
-    return cls(image_processor=image_processor, tokenizer=tokenizer, patch_size=config.vision_config.patch_size,
-               vision_feature_select_strategy=config.vision_feature_select_strategy, image_token=IMAGE_TOKEN,
-               num_additional_image_tokens=1)
 
 
 def _in_distributed_launch() -> bool:
