@@ -30,10 +30,10 @@ def generate_answers(model, dataset: ConversationDataset, batch_size: int = 32, 
     for start in range(0, len(dataset), batch_size):
         items = []
         for i in range(start, min(start + batch_size, len(dataset))):
-            item = dataset[i]
-            rec = dataset.records[i]
-            n = item["input_ids"].eq(dataset.config.image_token_id).sum().item()
-            prompt = tokenize_conversation(tok, rec["conversations"], dataset.template, n, for_generation=True)
+            item = dataset[i]  # pixel values; the ids are replaced by the prompt without its last answer
+            n = dataset.items[i].image_span[1] - dataset.items[i].image_span[0] if dataset.sizes[i] else 0
+            prompt = tokenize_conversation(tok, dataset.records[i]["conversations"], dataset.template, n,
+                                           for_generation=True)
             item["input_ids"] = torch.tensor(prompt.input_ids)
             item["labels"] = torch.tensor(prompt.labels)
             items.append(item)
