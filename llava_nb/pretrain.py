@@ -122,36 +122,52 @@ class ContrastivePair(nn.Module):
         return loss, accuracy
 
 
+def _fit(model: nn.Module, step_loss, steps: int, lr: float, log_every: int) -> tuple[list, float]:
+    """AdamW (weight decay 0.05) with a cosine schedule after 10% warm-up. ``step_loss()`` draws a fresh batch and
+    returns ``(loss, {metric: tensor})``. Returns the log (every ``log_every`` steps and the last) and the seconds."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = get_cosine_schedule_with_warmup(opt, steps // 10, steps)
+    log, start = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        loss, metrics = step_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps:
+            log.append({"step": step, "loss": round(loss.item(), 4),
+                        **{k: round(v.item(), 4) for k, v in metrics.items()}})
+    return log, time.perf_counter() - start
+
+
+def _write_log(out: Path, log: list, seconds: float, **settings) -> dict:
+    meta = {**settings, "seconds": round(seconds, 1), "log": log}
+    (out / "training_log.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
 def pretrain_vision(out_dir: Path | str = VISION_DIR, steps: int = 300, batch_size: int = 96, lr: float = 2e-3,
                     seed: int = 0, log_every: int = 10) -> dict:
     """Train the tiny ViT contrastively; save its ``CLIPVisionModel`` and the training log to ``out_dir``."""
-    from transformers import get_cosine_schedule_with_warmup
-
     from .tokenizer import load_tokenizer
 
     torch.manual_seed(seed)
     rng = random.Random(f"{seed}-clip")
     tok = load_tokenizer()
     model = ContrastivePair(len(tok))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = get_cosine_schedule_with_warmup(opt, steps // 10, steps)
-    log, start = [], time.perf_counter()
-    for step in range(1, steps + 1):
+
+    def step_loss():
         pixels, captions = scene_batch(rng, batch_size)
         enc = tok([c + tok.eos_token for c in captions], padding=True, return_tensors="pt")
-        loss, acc = model(pixels, enc["input_ids"], enc["attention_mask"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps:
-            log.append({"step": step, "loss": round(loss.item(), 4), "batch_accuracy": round(acc.item(), 4)})
+        loss, accuracy = model(pixels, enc["input_ids"], enc["attention_mask"])
+        return loss, {"batch_accuracy": accuracy}
+
+    log, seconds = _fit(model, step_loss, steps, lr, log_every)
     out = Path(out_dir)
     model.vision.save_pretrained(out)
-    meta = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "seconds": round(time.perf_counter() - start, 1), "log": log}
-    (out / "training_log.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return meta
+    return _write_log(out, log, seconds, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def _text_batch(rng: random.Random, tok, n: int) -> dict:
@@ -182,7 +198,7 @@ def _text_batch(rng: random.Random, tok, n: int) -> dict:
 def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batch_size: int = 32, lr: float = 3e-3,
                       seed: int = 0, log_every: int = 10) -> dict:
     """Train the tiny Llama on synthetic chat text; save it (safetensors) and the training log to ``out_dir``."""
-    from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
+    from transformers import LlamaForCausalLM
 
     from .architectures import _tiny_llama
     from .tokenizer import load_tokenizer
@@ -191,24 +207,11 @@ def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batc
     rng = random.Random(f"{seed}-text")
     tok = load_tokenizer()
     model = LlamaForCausalLM(_tiny_llama(len(tok)))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = get_cosine_schedule_with_warmup(opt, steps // 10, steps)
-    log, start = [], time.perf_counter()
-    for step in range(1, steps + 1):
-        loss = model(**_text_batch(rng, tok, batch_size)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps:
-            log.append({"step": step, "loss": round(loss.item(), 4)})
+    log, seconds = _fit(model, lambda: (model(**_text_batch(rng, tok, batch_size)).loss, {}), steps, lr, log_every)
     out = Path(out_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    meta = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "seconds": round(time.perf_counter() - start, 1), "log": log}
-    (out / "training_log.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return meta
+    return _write_log(out, log, seconds, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def ensure_pretrained_parts(retrain: bool = False) -> tuple[Path, Path]:

@@ -70,13 +70,19 @@ def build_processor(model, tokenizer=None, num_additional_image_tokens: int = 1,
 
 
 def load_processor(path_or_name):
-    """``AutoProcessor.from_pretrained`` a checkpoint folder or Hub id (no remote code)."""
-    from transformers import AutoProcessor
-
-    from .architectures import ALIASES, hub_id, resolve_name
+    """``AutoProcessor.from_pretrained`` a checkpoint folder, a Hub id, or a known name with a public checkpoint
+    (no remote code)."""
     from pathlib import Path
 
+    from transformers import AutoProcessor
+
+    from .architectures import hub_id, resolve_name
+    from .errors import UnknownModelError
+
     source = str(path_or_name)
-    if not Path(source).is_dir() and (source.lower() in ALIASES or source.lower() in map(str.lower, ALIASES.values())):
-        source = hub_id(resolve_name(source)) or source
+    if not Path(source).is_dir():
+        try:
+            source = hub_id(resolve_name(source)) or source
+        except UnknownModelError:
+            pass  # an id this package does not know: let transformers try it
     return AutoProcessor.from_pretrained(source, trust_remote_code=False)
