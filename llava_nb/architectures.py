@@ -279,8 +279,14 @@ def build_model(name, device: str | torch.device = "cpu", dtype: torch.dtype | N
     config = copy.deepcopy(as_config(name))
     cls = model_class(config)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls(config)
+    default = torch.get_default_dtype()
+    try:  # built directly in ``dtype``: a 7B model in bf16 never exists in fp32 first
+        if dtype is not None and dtype.is_floating_point:
+            torch.set_default_dtype(dtype)
+        with torch.device(device):
+            model = cls(config)
+    finally:
+        torch.set_default_dtype(default)
     if dtype is not None:
         model = model.to(dtype)
     return model

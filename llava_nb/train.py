@@ -194,7 +194,7 @@ def _run_worker(spec: TrainSpec) -> None:
     if hp["unfreeze_vision"]:  # what LLaVA-NeXT's recipes do; also the DDP unused-parameter trap
         model.model.vision_tower.requires_grad_(True)
     if hp["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     model = method.prepare_model(model, hp)
     template = hp["template"] or default_template(model.config, spec.stage)
     records = load_conversations(spec.data, spec.image_folder)
