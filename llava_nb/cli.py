@@ -5,6 +5,7 @@
     python -m llava_nb train --model tiny-llava-1.5 --stage 2              # runs pretraining/stage 1 if missing
     accelerate launch -m llava_nb train --model llava-hf/llava-1.5-7b-hf --stage 2 --data my.json --image-folder imgs
     python -m llava_nb generate --model .cache/runs/.../final --image photo.png --prompt "What is this?"
+    python -m llava_nb memory --model llava-1.5-7b --method zero3 --gpus 4 --micro-batch 8 --seq-len 2048
     python -m llava_nb --profile full ...      # overrides $LLAVA_NB_PROFILE
 """
 
@@ -62,6 +63,39 @@ def _tokens(args) -> tuple[dict, str]:
         rows.append(("resized to", f"{side} x {side}"))
     rows.append(("image tokens", str(result["tokens"])))
     return result, f"{name}\n" + _table(rows)
+
+
+def _memory(args) -> tuple[dict, str]:
+    from dataclasses import asdict
+
+    from .architectures import resolve_name
+    from .image_tokens import parse_size
+    from .memory import max_micro_batch, estimate_memory
+
+    name = resolve_name(args.model)
+    kwargs = dict(gpus=args.gpus, seq_len=args.seq_len, grad_checkpointing=not args.no_grad_checkpointing,
+                  accounting=args.accounting, image_size=parse_size(args.image_size) if args.image_size else None)
+    est = estimate_memory(name, args.method, micro_batch=args.micro_batch, **kwargs)
+    fits = est.fits(args.gpu_memory, args.headroom)
+    largest = max_micro_batch(name, args.method, args.gpu_memory, args.headroom, **kwargs) \
+        if args.accounting == "measured" else None
+    result = {**asdict(est), "gpu_memory_gib": args.gpu_memory, "headroom": args.headroom, "fits": fits,
+              "max_micro_batch": largest}
+    rows = [(f"{k}{'  (transient)' if kind == 'transient' else ''}", f"{gib:8.2f} GiB") for k, gib, kind in est.table()]
+    rows += [("steady", f"{est.steady_gib:8.2f} GiB"), (f"peak ({est.peak_phase or 'model states'})",
+                                                        f"{est.peak_gib:8.2f} GiB")]
+    if est.cpu_gib:
+        rows.append(("host memory per node", f"{est.cpu_gib:8.2f} GiB"))
+    usable = args.gpu_memory * (1 - args.headroom)
+    verdict = (f"{'FITS' if fits else 'OUT OF MEMORY'}: peak {est.peak_gib:.2f} GiB vs {usable:.2f} GiB usable "
+               f"({args.gpu_memory:g} GiB less {args.headroom:.0%} headroom)")
+    head = (f"{name}, {args.method} on {args.gpus} GPU(s), micro-batch {args.micro_batch} x {args.seq_len} tokens "
+            f"({est.image_tokens} image tokens), checkpointing {'on' if est.grad_checkpointing else 'off'}, "
+            f"accounting {args.accounting}; per GPU (busiest rank):")
+    tail = [verdict]
+    if largest is not None:
+        tail.append(f"largest micro-batch that fits: {largest}")
+    return result, "\n".join([head, _table(rows), *tail])
 
 
 def _value(text: str):
@@ -157,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--template", default=None)
     g.add_argument("--max-new-tokens", type=int, default=32)
+    from .memory import ACCOUNTINGS, DEFAULT_HEADROOM, H100_80GB_GIB
+    from .memory import METHODS as MEMORY_METHODS
+
+    m = sub.add_parser("memory", help="GPU memory of training stage 2 with a method: breakdown, verdict, largest batch")
+    m.add_argument("--model", required=True)
+    m.add_argument("--method", required=True, choices=MEMORY_METHODS)
+    m.add_argument("--gpus", type=int, default=1)
+    m.add_argument("--micro-batch", type=int, default=1)
+    m.add_argument("--seq-len", type=int, default=2048, help="tokens per sample, image tokens included")
+    m.add_argument("--image-size", help="HEIGHTxWIDTH, v1.6 models only (sets the image tokens)")
+    m.add_argument("--no-grad-checkpointing", action="store_true")
+    m.add_argument("--gpu-memory", type=float, default=H100_80GB_GIB, help="GiB of usable memory per GPU "
+                   f"(default {H100_80GB_GIB}, an 80 GB H100)")
+    m.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM, help="fraction kept free for the allocator")
+    m.add_argument("--accounting", choices=ACCOUNTINGS, default="measured")
+    m.add_argument("--json", action="store_true")
     w = sub.add_parser("worker")  # internal: one training process of launch()'s fresh-process route
     w.add_argument("spec")
     r = sub.add_parser("regenerate", help="retrain a committed artefact")
@@ -180,7 +230,7 @@ def main(argv=None) -> int:
         return 0
     try:
         handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,
-                   "regenerate": _regenerate}[args.command]
+                   "regenerate": _regenerate, "memory": _memory}[args.command]
         result, text = handler(args)
     except LlavaNbError as err:
         print(f"error: {err}", file=sys.stderr)

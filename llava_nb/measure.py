@@ -148,7 +148,7 @@ class Run:
             loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.detach().item()
 
     def holdings(self) -> dict:
         """Bytes this rank holds of each model state, read from the engine's tensors."""
@@ -223,12 +223,13 @@ def _init_distributed(method: str) -> torch.device:
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
+    if "WORLD_SIZE" in os.environ:
         if method in DEEPSPEED_METHODS:
             import deepspeed
 
-            deepspeed.init_distributed(dist_backend=backend)
-        else:
+            if not deepspeed.comm.is_initialized():  # wraps an existing torch process group if there is one
+                deepspeed.init_distributed(dist_backend=backend)
+        elif not torch.distributed.is_initialized():
             torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     return device
 
@@ -282,6 +283,9 @@ def measure(model_name: str, method: str, points: list[tuple[int, int]], steps: 
             if cuda:
                 torch.cuda.empty_cache()
         records.append(rec)
+    del run
+    if cuda:
+        torch.cuda.empty_cache()
     return records
 
 
@@ -309,7 +313,7 @@ def gather(records: list[dict]) -> list[dict]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m llava_nb.measure", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--method", required=True)
+    p.add_argument("--method", required=True, help="one method, or several separated by commas")
     p.add_argument("--points", default="1x2048", help="comma-separated MICRO_BATCHxSEQ_LEN")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--no-grad-checkpointing", action="store_true")
@@ -320,8 +324,10 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     points = [tuple(int(x) for x in s.split("x")) for s in a.points.split(",")]
     zero = {k: json.loads(v) for k, v in (z.split("=", 1) for z in a.zero)}
-    records = gather(measure(a.model, a.method, points, a.steps, not a.no_grad_checkpointing, zero, a.cap_gib,
-                             a.checkpoint_dir))
+    records = []
+    for method in a.method.split(","):  # several methods share one process group (and one start-up)
+        records += gather(measure(a.model, method, points, a.steps, not a.no_grad_checkpointing, zero, a.cap_gib,
+                                  a.checkpoint_dir))
     if int(os.environ.get("RANK", 0)) == 0:
         with open(a.out, "a") as f:
             for rec in records:

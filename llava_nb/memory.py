@@ -87,6 +87,8 @@ class MemoryEstimate:
     image_tokens: int = 0
     peak_phase: str = ""
     options: dict = field(default_factory=dict)
+    #: every phase's transient components (bytes): "loss", "end of backward", "optimizer step"
+    phases: dict = field(default_factory=dict)
 
     def fits(self, gpu_memory_gib: float = H100_80GB_GIB, headroom: float = DEFAULT_HEADROOM) -> bool:
         """Whether the peak fits ``gpu_memory_gib`` of usable memory, keeping ``headroom`` (a fraction) free."""
@@ -153,18 +155,37 @@ def _shapes_cached(key: str, lora_r: int) -> Shapes:
         persistent_small=sum(math.prod(s) for _, s in sizes if math.prod(s) < threshold))
 
 
-def model_shapes(model, lora_r: int = 128) -> Shapes:
-    """``Shapes`` of a name, alias, config or module (cached per configuration)."""
+def _config_key(model) -> str:
     from .architectures import as_config
 
-    config = as_config(model)
-    data = config.to_dict()
+    data = as_config(model).to_dict()
     data.pop("transformers_version", None)
-    shapes = _shapes_cached(json.dumps(data, sort_keys=True, default=str), lora_r)
-    return shapes
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=64)
+def _name_key(name: str) -> str:
+    return _config_key(name)
+
+
+def model_shapes(model, lora_r: int = 128) -> Shapes:
+    """``Shapes`` of a name, alias, config or module (cached per configuration, and per name)."""
+    key = _name_key(model) if isinstance(model, str) else _config_key(model)
+    return _shapes_cached(key, lora_r)
+
+
+@functools.lru_cache(maxsize=256)
+def _image_tokens_by_name(name: str, image_size) -> int:
+    return _image_tokens_uncached(name, image_size)
 
 
 def _image_tokens(model, image_size) -> int:
+    if isinstance(model, str):
+        return _image_tokens_by_name(model, None if image_size is None else tuple(image_size))
+    return _image_tokens_uncached(model, image_size)
+
+
+def _image_tokens_uncached(model, image_size) -> int:
     from .architectures import as_config
     from .image_tokens import count_image_tokens
 
@@ -188,18 +209,30 @@ def _zero3_partition(sizes, gpus: int, trainable_only: bool) -> int:
     return sum(math.ceil(math.prod(s) / gpus) for t, s in sizes if t or not trainable_only)
 
 
-def _fsdp_shard(sizes, gpus: int, trainable_only: bool) -> int:
-    """FSDP2 chunks dim 0 of each parameter: rank 0 (the busiest) gets ceil(dim0 / gpus) rows."""
+def _fsdp_shard(sizes, gpus: int, trainable_only: bool, rank: int = 0) -> int:
+    """FSDP2 chunks dim 0 of each parameter like ``torch.chunk``: ceil(dim0 / gpus) rows per rank, the last ranks
+    get what is left (possibly nothing). Rank 0 is the busiest."""
     total = 0
     for t, s in sizes:
         if trainable_only and not t:
             continue
-        rows = math.ceil(s[0] / gpus) if s else 1
+        dim0 = s[0] if s else 1
+        step = math.ceil(dim0 / gpus)
+        rows = max(0, min(step, dim0 - rank * step))
         total += rows * math.prod(s[1:])
     return total
 
 
-def _paper(psi: int, method: str, gpus: int) -> dict:
+def _paper(psi: int, method: str, gpus: int, fp32_grads: bool = False) -> dict:
+    """The ZeRO paper's model states; ``fp32_grads`` adds the 4 Psi of an fp32 gradient-accumulation buffer (the
+    Ultra-Scale Playbook's 140 GB for 7B), unsharded for ddp/zero1 and sharded otherwise."""
+    parts = _paper_states(psi, method, gpus)
+    if fp32_grads:
+        parts["fp32_gradients"] = 4 * psi / (gpus if method in ("zero2", "zero3", "fsdp") else 1)
+    return parts
+
+
+def _paper_states(psi: int, method: str, gpus: int) -> dict:
     k = PAPER_K
     if method == "ddp":
         return {"weights": 2 * psi, "gradients": 2 * psi, "optimizer_states": k * psi}
@@ -213,18 +246,24 @@ def _paper(psi: int, method: str, gpus: int) -> dict:
                              f"ZeRO-3), not {method!r}; use accounting='measured'")
 
 
-def _deepspeed(shapes: Shapes, method: str, gpus: int, nodes: int = 1) -> tuple[dict, int]:
-    """DeepSpeed's estimator terms (GPU bytes by component, CPU bytes), on all of the model's parameters."""
-    p = shapes.total
-    total_gpus = gpus * nodes
+def deepspeed_terms(total_params: int, largest_layer_params: int, method: str, gpus_per_node: int = 1,
+                    nodes: int = 1, buffer_factor: float = 1.5) -> tuple[dict, int]:
+    """The terms of DeepSpeed's model-state estimators: (GPU bytes by term, CPU bytes per node).
+
+    ``zero2`` is ``estimate_zero2_model_states_mem_needs(cpu_offload=False)``, ``zero3`` is
+    ``estimate_zero3_model_states_mem_needs(cpu_offload=False)`` and ``zero3-offload`` the same with optimizer and
+    parameter offload (``zero_init=True``). DeepSpeed has no estimator for stage 0 or 1.
+    """
+    p, total_gpus = total_params, gpus_per_node * nodes
     if method == "zero2":
-        gpu = {"params_16bit": 2 * p, "grads_16bit+grads_32bit+params_32bit+adam": int(18 * p / total_gpus)}
-        return gpu, int(p * 4 * gpus * 1.5)
+        gpu = {"params_16bit": 2 * p, "grads_16bit+grads_32bit+params_32bit+adam (18 P / N)": int(18 * p / total_gpus)}
+        return gpu, int(p * 4 * gpus_per_node * buffer_factor)
     if method == "zero3":
-        gpu = {"largest_layer_x4": 4 * shapes.largest_layer, "params+grads+adam_x18": int(18 * p / total_gpus)}
-        return gpu, int(shapes.largest_layer * 4 * gpus * 1.5)
+        gpu = {"largest_layer (4 x params)": 4 * largest_layer_params,
+               "params+grads+master+adam (18 P / N)": int(18 * p / total_gpus)}
+        return gpu, int(largest_layer_params * 4 * gpus_per_node * buffer_factor)
     if method == "zero3-offload":
-        return {"largest_layer_x4": 4 * shapes.largest_layer}, int(p * 18 / nodes * 1.5)
+        return {"largest_layer (4 x params)": 4 * largest_layer_params}, int(p * 18 * (1 / nodes) * buffer_factor)
     raise UnknownMethodError(f"DeepSpeed ships estimators for ZeRO-2 and ZeRO-3 only; accounting='deepspeed' cannot "
                              f"describe {method!r}. Use 'measured', or method zero2/zero3/zero3-offload")
 
@@ -289,8 +328,9 @@ def _measured(shapes: Shapes, method: str, gpus: int, tokens: int, grad_checkpoi
                 end = {"gathered_params": 2 * layer, "activations": one_block}
                 step = {"gradients": 4 * sub, "optimizer_temporaries": 4 * sub}
     elif method == "fsdp":
-        params = 4 * _fsdp_shard(shapes.sizes, gpus, trainable_only=False)
-        part = _fsdp_shard(shapes.sizes, gpus, trainable_only=True)
+        rank = options.get("rank", 0)
+        params = 4 * _fsdp_shard(shapes.sizes, gpus, trainable_only=False, rank=rank)
+        part = _fsdp_shard(shapes.sizes, gpus, trainable_only=True, rank=rank)
         persistent = {"weights": params, "optimizer_states": 8 * part}
         end = {"gradients": 4 * part, "activations": one_block}
         step = {"gradients": 4 * part, "optimizer_temporaries": 4 * part}
@@ -325,7 +365,8 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     ``model`` is a name, alias or transformers config (or, with ``accounting="paper"``, a bare parameter count).
     ``seq_len`` counts the image tokens (576 for LLaVA-1.5; for v1.6 they follow ``image_size=(h, w)``).
     ``options`` change the recipe: ``reduce_bucket_size``, ``sub_group_size``,
-    ``stage3_param_persistence_threshold`` (DeepSpeed), ``lora_r``, ``nodes`` (for ``accounting="deepspeed"``).
+    ``stage3_param_persistence_threshold`` (DeepSpeed), ``lora_r``, ``nodes`` (for ``accounting="deepspeed"``),
+    ``rank`` (FSDP's shards differ by rank when a dimension does not divide; default 0, the busiest).
     """
     if accounting not in ACCOUNTINGS:
         raise LlavaNbError(f"unknown accounting {accounting!r}; choose one of {', '.join(ACCOUNTINGS)}")
@@ -341,19 +382,18 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
         if accounting != "paper":
             raise MemoryConfigError("a bare parameter count only works with accounting='paper'; pass a model name "
                                     "or config for the other accountings")
-        parts = _paper(model, method, gpus)
+        parts = _paper(model, method, gpus, options.get("fp32_grads", False))
         return _finish(f"{model:,} parameters", parts, {}, 0, 0, base)
-    if method in ("lora", "qlora") and gpus > 1 and method == "qlora" and options.get("fsdp"):
-        raise MemoryConfigError("qlora with FSDP is not modelled")
     shapes = model_shapes(model, options.get("lora_r", 128))
     n_img = _image_tokens(model, image_size)
     if seq_len <= n_img:
         raise MemoryConfigError(f"seq_len={seq_len} is shorter than the {n_img} image tokens it must hold; "
                                 f"use seq_len > {n_img}")
     if accounting == "paper":
-        return _finish(shapes.name, _paper(shapes.total, method, gpus), {}, 0, n_img, base)
+        return _finish(shapes.name, _paper(shapes.total, method, gpus, options.get("fp32_grads", False)), {}, 0,
+                       n_img, base)
     if accounting == "deepspeed":
-        gpu, cpu = _deepspeed(shapes, method, gpus, options.get("nodes", 1))
+        gpu, cpu = deepspeed_terms(shapes.total, shapes.largest_layer, method, gpus, options.get("nodes", 1))
         return _finish(shapes.name, gpu, {}, cpu, n_img, base)
     persistent, phases, cpu = _measured(shapes, method, gpus, micro_batch * seq_len, grad_checkpointing, options)
     return _finish(shapes.name, persistent, phases, cpu, n_img, base)
@@ -368,7 +408,21 @@ def _finish(name: str, persistent: dict, phases: dict, cpu: int, n_img: int, bas
     breakdown = {k: int(v) for k, v in {**persistent, **transient}.items()}
     return MemoryEstimate(model=name, steady_gib=steady / GIB, peak_gib=(steady + sum(transient.values())) / GIB,
                           breakdown=breakdown, transient=tuple(transient), cpu_gib=cpu / GIB, image_tokens=n_img,
-                          peak_phase=phase, **base)
+                          peak_phase=phase, phases={k: {c: int(b) for c, b in v.items()} for k, v in phases.items()},
+                          **base)
+
+
+def korthikanti_activation_bytes(layers: int, hidden: int, heads: int, seq_len: int, micro_batch: int = 1,
+                                 recompute: str = "none") -> int:
+    """Activation memory of a GPT-style transformer in 16-bit (Korthikanti et al. 2022, eq. 2 and sec. 5):
+    ``s b h (34 + 5 a s / h)`` bytes per layer without recomputation, ``2 s b h`` per layer with full
+    recomputation (only each layer's input is kept). The Ultra-Scale Playbook uses this formula."""
+    s, b, h, a = seq_len, micro_batch, hidden, heads
+    if recompute == "none":
+        return int(layers * s * b * h * (34 + 5 * a * s / h))
+    if recompute == "full":
+        return layers * 2 * s * b * h
+    raise LlavaNbError(f"recompute must be 'none' or 'full', got {recompute!r}")
 
 
 def max_micro_batch(model, method: str, gpu_memory_gib: float = H100_80GB_GIB, headroom: float = DEFAULT_HEADROOM,
