@@ -42,6 +42,9 @@ $(STAMP): pyproject.toml constraints.txt
 		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 		cp constraints.txt $(VENV)/constraints.txt; \
 	fi
+	@# DeepSpeed is an sdist whose build imports torch: install torch first, then build DeepSpeed against it.
+	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt torch setuptools wheel
+	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt --no-build-isolation deepspeed
 	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -e '.[book]'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)

@@ -93,3 +93,77 @@ def plot_param_breakdown(counts: dict[str, dict], title: str = "Where the parame
     ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- memory
+
+MEMORY_COLOURS = {"weights": "#4C72B0", "master_weights": "#8172B3", "optimizer_states": "#C44E52",
+                  "gradient_buffer": "#DD8452", "comm_buffers": "#937860", "gradients": "#DA8BC3",
+                  "optimizer_temporaries": "#CCB974", "activations": "#55A868", "logits_and_loss": "#64B5CD",
+                  "gathered_params": "#8C8C8C"}
+
+
+def _component(name: str) -> str:
+    return name.split(" (")[0]
+
+
+def plot_memory_breakdown(estimates: dict, ax=None, gpu_memory_gib: float | None = None, headroom: float = 0.05,
+                          title: str | None = None):
+    """Stacked bars, one per labelled ``MemoryEstimate``: persistent parts solid, the peak phase's transient parts
+    hatched; a dashed line at the card's usable memory."""
+    from .memory import GIB
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(estimates) + 2.5), 4.2))
+    seen = set()
+    for x, (label, est) in enumerate(estimates.items()):
+        bottom = 0.0
+        for name, nbytes in est.breakdown.items():
+            comp = _component(name)
+            gib = nbytes / GIB
+            ax.bar(x, gib, bottom=bottom, color=MEMORY_COLOURS.get(comp, "#999999"),
+                   hatch="//" if name in est.transient else None, edgecolor="white", linewidth=0.5,
+                   label=comp if comp not in seen else None)
+            seen.add(comp)
+            bottom += gib
+        ax.text(x, bottom, f"{est.peak_gib:.1f}", ha="center", va="bottom", fontsize=9)
+    if gpu_memory_gib:
+        ax.axhline(gpu_memory_gib * (1 - headroom), color="k", ls="--", lw=1)
+        ax.text(len(estimates) - 0.5, gpu_memory_gib * (1 - headroom), f" usable {gpu_memory_gib * (1 - headroom):.1f}",
+                va="bottom", ha="right", fontsize=9)
+    ax.set_xticks(range(len(estimates)), list(estimates), rotation=20, ha="right")
+    ax.set_ylabel("GiB per GPU (busiest rank)")
+    ax.set_title(title or "steady (solid) + peak transients (hatched)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_predicted_vs_measured(rows: list[dict], key: str = "peak", ax=None, title: str | None = None):
+    """Predicted against measured GiB (``key`` is "steady" or "peak"), one marker per method; the diagonal and a
+    +-10% band. Runs that ran out of memory are drawn at their prediction on the top edge."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    markers = dict(zip(["lora", "qlora", "zero1", "zero2", "zero3", "fsdp", "ddp", "zero3-offload"], "osD^vP*X"))
+    ok = [r for r in rows if not r["measured_oom"]]
+    hi = max([r[f"predicted_{key}_gib"] for r in rows] + [r[f"measured_{key}_gib"] for r in ok]) * 1.08
+    xs = np.linspace(0, hi, 2)
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.85", label="±10%")
+    for method in sorted({r["method"] for r in rows}):
+        pts = [r for r in ok if r["method"] == method]
+        if pts:
+            ax.scatter([r[f"measured_{key}_gib"] for r in pts], [r[f"predicted_{key}_gib"] for r in pts],
+                       marker=markers.get(method, "o"), label=method, s=40)
+    oom = [r for r in rows if r["measured_oom"]]
+    if oom:
+        ax.scatter([hi * 0.98] * len(oom), [r[f"predicted_{key}_gib"] for r in oom], marker="x", c="red",
+                   label="ran out of memory", s=50)
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel(f"measured {key} (GiB)")
+    ax.set_ylabel(f"predicted {key} (GiB)")
+    ax.set_title(title or f"{key}: calculator vs. real runs")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.figure.tight_layout()
+    return ax.figure

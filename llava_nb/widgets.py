@@ -55,3 +55,83 @@ def anyres_widget(model="llava-v1.6-mistral-7b", max_side: int = 2000):
 
     out = w.interactive_output(show, {"height": height, "width": width})
     return w.VBox([w.HBox([height, width]), out])
+
+
+def memory_widget(model="llava-1.5-7b", method="zero3", gpus=4, micro_batch=1, seq_len=2048, gpu_memory_gib=79.18):
+    """The calculator: model, method, GPUs, micro-batch, sequence length, checkpointing and GPU memory in; the
+    stacked breakdown, the verdict and the largest micro-batch that fits out."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from .memory import METHODS, estimate_memory, max_micro_batch
+    from .architectures import KNOWN_MODELS
+
+    style = {"description_width": "initial"}
+    controls = {
+        "model": w.Dropdown(options=[m for m in KNOWN_MODELS if not m.startswith("tiny")], value=model,
+                            description="model", style=style),
+        "method": w.Dropdown(options=METHODS, value=method, description="method", style=style),
+        "gpus": w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64], value=gpus, description="GPUs", style=style),
+        "micro_batch": w.IntSlider(value=micro_batch, min=1, max=64, description="micro-batch", style=style,
+                                   continuous_update=False),
+        "seq_len": w.Dropdown(options=[1024, 2048, 4096, 8192], value=seq_len, description="seq_len (tokens)",
+                              style=style),
+        "checkpointing": w.Checkbox(value=True, description="gradient checkpointing", style=style),
+        "gpu_memory": w.Dropdown(options=[("24 GB (23.6 GiB)", 23.6), ("40 GB (39.4 GiB)", 39.4),
+                                          ("48 GB (47.5 GiB)", 47.5), ("80 GB (79.18 GiB)", 79.18),
+                                          ("141 GB (139.8 GiB)", 139.8)],
+                                 value=gpu_memory_gib, description="GPU memory", style=style),
+    }
+
+    def show(model, method, gpus, micro_batch, seq_len, checkpointing, gpu_memory):
+        from .errors import LlavaNbError
+        from .plotting import plot_memory_breakdown
+
+        kwargs = dict(gpus=gpus, seq_len=seq_len, grad_checkpointing=checkpointing)
+        try:
+            est = estimate_memory(model, method, micro_batch=micro_batch, **kwargs)
+        except LlavaNbError as err:
+            print(f"cannot run: {err}")
+            return
+        best = max_micro_batch(model, method, gpu_memory, **kwargs)
+        verdict = "fits" if est.fits(gpu_memory) else "does NOT fit"
+        print(f"steady {est.steady_gib:.1f} GiB, peak {est.peak_gib:.1f} GiB ({est.peak_phase}): {verdict} "
+              f"{gpu_memory} GiB less 5% headroom; largest micro-batch that fits: {best}"
+              + (f"; host memory {est.cpu_gib:.0f} GiB per node" if est.cpu_gib else ""))
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        plot_memory_breakdown({f"{method} x{gpus}": est}, ax=ax, gpu_memory_gib=gpu_memory)
+        plt.show()
+
+    out = w.interactive_output(show, controls)
+    c = list(controls.values())
+    return w.VBox([w.HBox(c[:3]), w.HBox(c[3:5]), w.HBox(c[5:]), out])
+
+
+def comparison_widget(model="llava-1.5-7b", gpus=4, micro_batch=1, seq_len=2048, gpu_memory_gib=79.18):
+    """Every method side by side for one setting (LoRA and QLoRA as DDP replicas on several GPUs)."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from .memory import METHODS, estimate_memory
+
+    style = {"description_width": "initial"}
+    controls = {
+        "gpus": w.Dropdown(options=[1, 2, 4, 8, 16], value=gpus, description="GPUs", style=style),
+        "micro_batch": w.IntSlider(value=micro_batch, min=1, max=32, description="micro-batch", style=style,
+                                   continuous_update=False),
+        "seq_len": w.Dropdown(options=[1024, 2048, 4096], value=seq_len, description="seq_len (tokens)", style=style),
+        "gpu_memory": w.Dropdown(options=[("24 GB", 23.6), ("40 GB", 39.4), ("80 GB", 79.18)], value=gpu_memory_gib,
+                                 description="GPU memory", style=style),
+    }
+
+    def show(gpus, micro_batch, seq_len, gpu_memory):
+        from .plotting import plot_memory_breakdown
+
+        ests = {m: estimate_memory(model, m, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len) for m in METHODS}
+        fig, ax = plt.subplots(figsize=(8.5, 4.2))
+        plot_memory_breakdown(ests, ax=ax, gpu_memory_gib=gpu_memory,
+                              title=f"{model}, {gpus} GPU(s), micro-batch {micro_batch} x {seq_len}")
+        plt.show()
+
+    out = w.interactive_output(show, controls)
+    return w.VBox([w.HBox(list(controls.values())), out])
