@@ -66,6 +66,7 @@ notebooks: venv
 # (data/benchmarks/chapters.json).
 bench: venv
 	$(PY) -m llava_nb.bench pipeline
+	$(PY) -m llava_nb.bench memory
 	$(PY) -m llava_nb.bench $(CHAPTERS)
 
 # Regenerate committed artefacts: the data sample, the tiny tokenizer, then the pretrained tiny ViT and LLM

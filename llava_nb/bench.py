@@ -3,7 +3,9 @@
 * ``python -m llava_nb.bench book/*.ipynb``: each chapter's execution time in a fresh kernel, as ``pytest --nbmake``
   and the book build run it (kernel start included) -> ``chapters.json``;
 * ``python -m llava_nb.bench pipeline``: the whole tiny pipeline from nothing (pretrained parts, synthetic data,
-  stage 1, stage 2, evaluation), in temporary folders, through the command line -> ``tiny_pipeline.json``.
+  stage 1, stage 2, evaluation), in temporary folders, through the command line -> ``tiny_pipeline.json``;
+* ``python -m llava_nb.bench memory``: how long one ``estimate_memory`` call takes once the model's shapes are
+  cached (the widgets need well under 5 ms) -> ``memory_calculator.json``.
 """
 
 from __future__ import annotations
@@ -71,7 +73,41 @@ def bench_pipeline(model: str = "tiny-llava-1.5") -> dict:
     return record
 
 
+MEMORY_BUDGET_MS = 5.0
+
+
+def bench_memory(repeats: int = 200) -> dict:
+    """Median time of one ``estimate_memory`` call per model and method, shapes cached (the first call per model
+    builds it on the meta device and is timed separately)."""
+    import statistics
+
+    from .memory import METHODS, estimate_memory
+
+    record = {"budget_ms": MEMORY_BUDGET_MS, "calls": {}, "first_call_s": {}}
+    for model in ("llava-1.5-7b", "llava-v1.6-mistral-7b", "llava-1.5-13b"):
+        start = time.perf_counter()
+        estimate_memory(model, "zero3", gpus=4)
+        record["first_call_s"][model] = round(time.perf_counter() - start, 3)
+        for method in METHODS:
+            times = []
+            for i in range(repeats):
+                t = time.perf_counter()
+                estimate_memory(model, method, gpus=1 + i % 8, micro_batch=1 + i % 16)
+                times.append(time.perf_counter() - t)
+            record["calls"][f"{model} {method}"] = round(statistics.median(times) * 1e3, 4)
+    record["max_median_ms"] = max(record["calls"].values())
+    record["within_budget"] = record["max_median_ms"] < MEMORY_BUDGET_MS
+    record["machine"] = machine()
+    record["date"] = date.today().isoformat()
+    (BENCHMARKS_DIR / "memory_calculator.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main(paths: list[str]) -> int:
+    if paths == ["memory"]:
+        record = bench_memory()
+        print(json.dumps({k: record[k] for k in ("max_median_ms", "within_budget", "first_call_s")}))
+        return 0 if record["within_budget"] else 1
     if paths == ["pipeline"]:
         record = bench_pipeline()
         print(json.dumps({k: v for k, v in record.items() if k != "machine"}))
