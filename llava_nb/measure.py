@@ -10,7 +10,8 @@ included in ``seq_len``). It reports, per rank:
 
 * ``holdings``: bytes of each model state read from the engine's own tensors (DeepSpeed's partitions, FSDP2's
   DTensor shards, the optimizer's states), taken after ``optimizer.step()`` and ``zero_grad(set_to_none=True)``;
-  ``gradients`` are the bytes of the gradients the torch optimizer reads at its step on this rank;
+  ``gradients`` are the bytes of the gradients the torch optimizer reads at its step on this rank (the largest
+  sub-group's, where ZeRO-3 steps in sub-groups);
 * on CUDA, ``steady`` = ``torch.cuda.memory_allocated()`` after the last step and ``peak`` =
   ``torch.cuda.max_memory_allocated()`` over steps 1..``steps`` (reset after set-up); an out-of-memory error is
   recorded as ``oom`` instead.
@@ -87,7 +88,9 @@ def _grad_probe(opt: torch.optim.Optimizer) -> dict:
     seen = {}
 
     def hook(optimizer, args, kwargs):
-        seen["gradients"] = _nbytes([p.grad for g in optimizer.param_groups for p in g["params"]])
+        # ZeRO-3 steps one sub-group at a time: keep the largest set of gradients seen at once
+        now = _nbytes([p.grad for g in optimizer.param_groups for p in g["params"]])
+        seen["gradients"] = max(seen.get("gradients", 0), now)
 
     opt.register_step_pre_hook(hook)
     return seen
@@ -111,7 +114,7 @@ class Run:
 
             # bf16 straight away: DeepSpeed would cast to bf16 anyway, and a 7B in fp32 is 28 GB per rank.
             model = build_model(config, device=device, dtype=torch.bfloat16, seed=seed)
-            model = prepare_model(model, "zero2" if method == "zero3-offload" else method, grad_checkpointing)
+            model = prepare_model(model, method, grad_checkpointing)
             ds = deepspeed_config(method, llm_hidden_size(config), micro_batch, self.world, **(zero_overrides or {}))
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=lr)
