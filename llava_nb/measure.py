@@ -2,7 +2,7 @@
 
 Run it under ``torchrun`` (one process per GPU, or per CPU "rank" over gloo)::
 
-    torchrun --nproc-per-node 2 -m llava_nb.measure --model tiny-llava-1.5 --method zero3 --points 2x256
+    torchrun --standalone --nproc-per-node 2 -m llava_nb.measure --model tiny-llava-1.5 --method zero3 --points 2x256
 
 Each rank builds the model with random weights, sets up ``method``'s recipe (``recipes.prepare_model`` and the
 engine), and runs ``steps`` training steps per (micro_batch, seq_len) point on synthetic batches (image tokens

@@ -197,10 +197,10 @@ def cpu_runs(tmp_path_factory):
     pytest.importorskip("deepspeed")
     out = tmp_path_factory.mktemp("measure") / "runs.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "llava_nb.measure",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llava_nb.measure",
                     "--model", "tiny-llava-1.5", "--method", "zero1,zero2,zero3,fsdp", "--points", "2x100",
                     "--zero", "stage3_param_persistence_threshold=0", "--out", str(out)],
-                   check=True, env=env, cwd=REPO_ROOT, capture_output=True)
+                   check=True, env=env, cwd=REPO_ROOT, capture_output=True, timeout=600)
     return {r["method"]: r for r in map(json.loads, out.read_text().splitlines())}
 
 

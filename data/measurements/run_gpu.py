@@ -56,7 +56,7 @@ def main() -> None:
         if (method, a.gpus, not a.no_grad_checkpointing) in skip:
             print(f"skip {method} on {a.gpus} GPUs: already measured", flush=True)
             continue
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(a.gpus), "-m", "llava_nb.measure",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.gpus), "-m", "llava_nb.measure",
                "--model", MODEL, "--method", method, "--points", a.points, "--out", a.out,
                "--checkpoint-dir", "/tmp/llava-1.5-7b-random"]
         if cap:
