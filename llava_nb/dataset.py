@@ -115,3 +115,30 @@ def check_batch(batch: dict, config) -> None:
     n_images = 0 if "pixel_values" not in batch else batch["pixel_values"].shape[0]
     if (n_tokens == 0) != (n_images == 0):
         raise DataError("batch", f"{n_tokens} image tokens but {n_images} images", "check the records' <image> and image keys")
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Shuffle, then sort each mega-batch of ``mega`` x ``group`` samples by length (longest first), so that the
+    samples batched together have similar lengths and little padding. This is the idea of LLaVA's
+    ``group_by_modality_length`` and the Hugging Face Trainer's ``group_by_length``; ``group`` is the global batch
+    (micro-batch x processes), because Accelerate deals consecutive micro-batches to the processes.
+
+    Deterministic: the order depends only on ``seed`` and the epoch (``set_epoch``, which Accelerate calls).
+    """
+
+    def __init__(self, lengths: list[int], group: int, seed: int = 0, mega: int = 50):
+        self.lengths, self.group, self.seed, self.mega, self.epoch = list(lengths), group, seed, mega, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.mega * self.group
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=lambda i: -self.lengths[i])  # stable: ties keep the shuffle
+            yield from chunk

@@ -413,15 +413,17 @@ def _finish(name: str, persistent: dict, phases: dict, cpu: int, n_img: int, bas
 
 
 def korthikanti_activation_bytes(layers: int, hidden: int, heads: int, seq_len: int, micro_batch: int = 1,
-                                 recompute: str = "none") -> int:
+                                 recompute: str = "none", embedding_dropout: bool = True) -> int:
     """Activation memory of a GPT-style transformer in 16-bit (Korthikanti et al. 2022, eq. 2 and sec. 5):
     ``s b h (34 + 5 a s / h)`` bytes per layer without recomputation, ``2 s b h`` per layer with full
-    recomputation (only each layer's input is kept). The Ultra-Scale Playbook uses this formula."""
+    recomputation (only each layer's input is kept); plus, outside the layers, the input embedding's dropout mask,
+    ``s b h`` bytes (sec. 4.2). With that term this reproduces the Ultra-Scale Playbook's activation figures."""
     s, b, h, a = seq_len, micro_batch, hidden, heads
+    extra = s * b * h if embedding_dropout else 0
     if recompute == "none":
-        return int(layers * s * b * h * (34 + 5 * a * s / h))
+        return int(layers * s * b * h * (34 + 5 * a * s / h)) + extra
     if recompute == "full":
-        return layers * 2 * s * b * h
+        return layers * 2 * s * b * h + extra
     raise LlavaNbError(f"recompute must be 'none' or 'full', got {recompute!r}")
 
 

@@ -31,8 +31,9 @@ from .params import LLAVA_LORA_ALPHA, LLAVA_LORA_R, model_parts
 DEEPSPEED_METHODS = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero3-offload": 3}
 METHODS = (*DEEPSPEED_METHODS, "fsdp", "lora", "qlora")
 
-#: LLaVA's DeepSpeed files (github.com/haotian-liu/LLaVA/tree/main/scripts), ``zero_optimization`` only; the
-#: precision, batch and optimizer entries are all "auto" there and filled in by ``deepspeed_config``.
+#: LLaVA's DeepSpeed files (haotian-liu/LLaVA ``scripts/zero2.json``, ``scripts/zero3.json``,
+#: ``scripts/zero3_offload.json``), their ``zero_optimization`` sections verbatim; the precision, batch and optimizer
+#: entries are "auto" there (filled in by the HF Trainer) and are set by ``deepspeed_config`` here.
 LLAVA_ZERO = {
     "zero2": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9,
               "reduce_bucket_size": "auto"},

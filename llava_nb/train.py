@@ -41,15 +41,16 @@ TINY_HYPERPARAMS = {
     1: dict(lr=2e-4, epochs=1, batch_size=32, max_length=512, warmup_ratio=0.05),
     2: dict(lr=1e-3, epochs=6, batch_size=32, max_length=512, warmup_ratio=0.05),
 }
-#: LLaVA-1.5's recipe (scripts/v1_5/pretrain.sh, finetune.sh), for real checkpoints.
+#: LLaVA-1.5's recipe (scripts/v1_5/pretrain.sh, finetune.sh), for real checkpoints. finetune.sh's
+#: --group_by_modality_length groups samples by length (and image/text-only); ``group_by_length`` does the first.
 FULL_HYPERPARAMS = {
     1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03),
-    2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03),
+    2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03, group_by_length=True),
 }
 COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="no", save_every=0, log_every=5,
               max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
               find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=3000, n_test=300,
-              gradient_checkpointing=False, force=False)
+              gradient_checkpointing=False, group_by_length=False, force=False)
 
 
 class TrainingError(RuntimeError):
@@ -173,7 +174,7 @@ def _run_worker(spec: TrainSpec) -> None:
     from transformers import get_cosine_schedule_with_warmup
 
     from .data import load_conversations
-    from .dataset import Collator, ConversationDataset, check_batch
+    from .dataset import Collator, ConversationDataset, LengthGroupedSampler, check_batch
     from .methods import get_method
     from .processors import build_processor
     from .stages import freeze_for_stage
@@ -204,9 +205,14 @@ def _run_worker(spec: TrainSpec) -> None:
     if micro < 1 or micro * world * hp["gradient_accumulation_steps"] != hp["batch_size"]:
         raise LlavaNbError(f"batch_size={hp['batch_size']} must be a multiple of processes x accumulation steps = "
                            f"{world} x {hp['gradient_accumulation_steps']}")
-    generator = torch.Generator().manual_seed(spec.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=micro, shuffle=True, drop_last=True, generator=generator,
-                                         collate_fn=Collator(tokenizer.pad_token_id))
+    if hp["group_by_length"]:  # LLaVA's group_by_modality_length: batches of similar length, less padding
+        sampler = LengthGroupedSampler([len(it.input_ids) for it in dataset.items], micro * world, seed=spec.seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True,
+                                             collate_fn=Collator(tokenizer.pad_token_id))
+    else:
+        generator = torch.Generator().manual_seed(spec.seed)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=micro, shuffle=True, drop_last=True,
+                                             generator=generator, collate_fn=Collator(tokenizer.pad_token_id))
     steps_per_epoch = len(loader) // (world * hp["gradient_accumulation_steps"])
     total = hp["max_steps"] or steps_per_epoch * hp["epochs"]
     if total < 1:
