@@ -5,6 +5,8 @@
   and that would fail a build which treats warnings as errors. We silence exactly that message. Drop this once
   peft reads the new attribute. Likewise peft's ``prepare_model_for_kbit_training`` still calls the deprecated
   ``gradient_checkpointing_enable`` (our own code calls ``activation_checkpointing_enable``).
+* DeepSpeed 0.19 calls ``torch.distributed.all_gather_into_tensor`` / ``reduce_scatter_tensor``, which torch 2.13
+  deprecated; the FutureWarning comes from every ZeRO step. Drop once DeepSpeed moves to the new names.
 * bitsandbytes 0.50 on a CPU with AVX512-BF16 tries to fetch a kernel from the Hugging Face Hub at import and logs a
   warning when it cannot ("Failed to load CPU gemm_4bit_forward from kernels-community"); it then uses its own
   kernels. Offline that is expected, so its logger is set to errors only.
@@ -20,6 +22,8 @@ import warnings
 KNOWN_WARNINGS = [
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
     (r"`gradient_checkpointing_enable` is deprecated", FutureWarning),
+    (r"`torch.distributed.all_gather_into_tensor` is deprecated", FutureWarning),
+    (r"`torch.distributed.reduce_scatter_tensor` is deprecated", FutureWarning),
 ]
 
 

@@ -13,17 +13,21 @@ from typing import Callable
 
 from .errors import UnknownMethodError
 
-PLANNED = ("zero1", "zero2", "zero3", "zero3-offload", "fsdp", "lora", "qlora")
+PLANNED = ("zero3-offload", "fsdp", "lora", "qlora")
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     description: str
-    #: hyperparameters -> extra keyword arguments for ``Accelerator(...)``
-    accelerator_kwargs: Callable[[dict], dict] = field(default=lambda hp: {})
+    #: (hyperparameters, run facts) -> extra keyword arguments for ``Accelerator(...)``; the facts are the LLM's
+    #: ``hidden_size``, the ``micro_batch`` per process and the ``world_size``
+    accelerator_kwargs: Callable[[dict, dict], dict] = field(default=lambda hp, facts: {})
     #: (model, hyperparameters) -> the model to hand to ``accelerator.prepare``
     prepare_model: Callable = field(default=lambda model, hp: model)
+    #: "ddp" or "deepspeed": DeepSpeed needs a real process group (not ``cpu=True``) and gathers ZeRO-3 weights
+    #: before saving
+    engine: str = "ddp"
 
 
 METHODS: dict[str, Method] = {}
@@ -41,7 +45,7 @@ def get_method(name: str) -> Method:
     raise UnknownMethodError(f"unknown training method {name!r}{planned}; available: {', '.join(METHODS)}")
 
 
-def _ddp_kwargs(hp: dict) -> dict:
+def _ddp_kwargs(hp: dict, facts: dict) -> dict:
     from accelerate import DistributedDataParallelKwargs
 
     # find_unused_parameters=True is the escape hatch for parameters that get no gradient (see the Accelerate
@@ -51,3 +55,32 @@ def _ddp_kwargs(hp: dict) -> dict:
 
 register(Method("ddp", "DistributedDataParallel: a full replica per process, gradients all-reduced",
                 accelerator_kwargs=_ddp_kwargs))
+
+
+def _deepspeed_kwargs(name: str):
+    """Accelerate's ``DeepSpeedPlugin`` with LLaVA's ZeRO settings (``recipes.deepspeed_config``).
+
+    Without GPUs Accelerate must not be given ``cpu=True`` (it would silently drop the plugin and run DDP); the
+    process group is gloo instead, and DeepSpeed's CPU accelerator drives it. bf16 follows ``mixed_precision``.
+    """
+
+    def kwargs(hp: dict, facts: dict) -> dict:
+        import torch
+        from accelerate import DeepSpeedPlugin
+        from accelerate.utils import InitProcessGroupKwargs
+
+        from .recipes import deepspeed_config
+
+        config = deepspeed_config(name, facts["hidden_size"], facts["micro_batch"], facts["world_size"],
+                                  hp["gradient_accumulation_steps"], bf16=hp["mixed_precision"] == "bf16")
+        out = {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=config)}
+        if not torch.cuda.is_available():
+            out["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        return out
+
+    return kwargs
+
+
+for _name, _stage in (("zero1", 1), ("zero2", 2), ("zero3", 3)):
+    register(Method(_name, f"DeepSpeed ZeRO stage {_stage} (LLaVA's settings), torch AdamW",
+                    accelerator_kwargs=_deepspeed_kwargs(_name), engine="deepspeed"))

@@ -238,6 +238,28 @@ def load_pretrained_parts(model) -> None:
     v1's tiny ViT sees 56 px instead of 84: its position embeddings are resized, as one does to run CLIP at
     another resolution.
     """
+    with zero3_gathered(model):
+        _load_parts(model)
+
+
+def zero3_gathered(module):
+    """A context in which DeepSpeed ZeRO-3's partitioned parameters are whole (rank 0's changes kept), or nothing.
+
+    The ZeRO-3 trap: a model built while a ZeRO-3 config is active (transformers then builds it under
+    ``deepspeed.zero.Init``) holds empty ``torch.Size([0])`` shards; ``load_state_dict`` on it fails with size
+    mismatches, or with ``strict=False`` silently loads nothing. ``GatheredParameters`` gathers them first.
+    """
+    import contextlib
+
+    params = list(module.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+
+def _load_parts(model) -> None:
     from safetensors.torch import load_file
 
     vision_dir, language_dir = ensure_pretrained_parts()

@@ -62,7 +62,7 @@ def llm_hidden_size(config) -> int:
 
 
 def deepspeed_config(method: str, hidden_size: int, micro_batch: int = 1, world_size: int = 1,
-                     gradient_accumulation_steps: int = 1, **zero_overrides) -> dict:
+                     gradient_accumulation_steps: int = 1, bf16: bool = True, **zero_overrides) -> dict:
     """The DeepSpeed config ``method`` runs with, every ``"auto"`` resolved as the HF Trainer resolves it.
 
     ``ddp`` is stage 0 (no sharding); ``zero1`` is LLaVA's ``zero2.json`` with stage 1. ``zero_overrides`` replace
@@ -81,7 +81,7 @@ def deepspeed_config(method: str, hidden_size: int, micro_batch: int = 1, world_
     config = {"train_micro_batch_size_per_gpu": micro_batch,
               "gradient_accumulation_steps": gradient_accumulation_steps,
               "train_batch_size": micro_batch * world_size * gradient_accumulation_steps,
-              "bf16": {"enabled": True}, "zero_optimization": zero, "gradient_clipping": 1.0,
+              "bf16": {"enabled": bf16}, "zero_optimization": zero, "gradient_clipping": 1.0,
               "steps_per_print": 10**9, "wall_clock_breakdown": False}
     if method == "zero3-offload":
         # torch's AdamW on the CPU (no compiled DeepSpeedCPUAdam needed); DeepSpeed refuses it unless told to.

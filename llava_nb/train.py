@@ -18,10 +18,12 @@ The last line a run prints (the CLI's) is that JSON.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,8 +133,9 @@ def load_for_training(model: str, stage: int):
     from .tokenizer import load_tokenizer
 
     if tiny_name(model) and not Path(model).is_dir():
-        net = build_model(model)
-        load_pretrained_parts(net)
+        with _whole_model_construction():
+            net = build_model(model)
+            load_pretrained_parts(net)
         return net, load_tokenizer(), build_image_processor(net.config)
     net = load_model(model)
     folder = Path(model)
@@ -140,6 +143,26 @@ def load_for_training(model: str, stage: int):
         return net, load_tokenizer(), build_image_processor(net.config)
     processor = load_processor(model)
     return net, processor.tokenizer, processor.image_processor
+
+
+@contextlib.contextmanager
+def _whole_model_construction():
+    """Build (or run) a model whole even while an Accelerate/DeepSpeed ZeRO-3 config is active.
+
+    Workaround for transformers 5.24: with a ZeRO-3 config registered, ``Model(config)`` runs under
+    ``deepspeed.zero.Init``, and ``_init_weights`` then zeroes the embedding's ``padding_idx`` row of an already
+    partitioned, empty weight: ``IndexError: index 3 is out of bounds for dimension 0 with size 0``. A tiny model
+    is small, so it is built whole and ``deepspeed.initialize`` partitions it afterwards (``from_pretrained`` of a
+    checkpoint folder keeps ``zero.Init``, which loads correctly). Restores the config afterwards.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 class Progress:
@@ -184,10 +207,15 @@ def _run_worker(spec: TrainSpec) -> None:
     start = time.perf_counter()
     if not torch.cuda.is_available() and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # a forked process keeps its parent's count
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    facts = {"hidden_size": _llm_hidden_size(spec.model), "world_size": world,
+             "micro_batch": hp["batch_size"] // (world * hp["gradient_accumulation_steps"])}
+    # cpu=True would make Accelerate drop a DeepSpeed plugin silently (and run DDP): DeepSpeed methods get a gloo
+    # process group from their kwargs instead
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=hp["mixed_precision"],
+        cpu=not torch.cuda.is_available() and method.engine != "deepspeed", mixed_precision=hp["mixed_precision"],
         gradient_accumulation_steps=hp["gradient_accumulation_steps"],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **method.accelerator_kwargs(hp))
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **method.accelerator_kwargs(hp, facts))
     set_seed(spec.seed)
     out = Path(spec.output_dir)
     model, tokenizer, image_processor = load_for_training(spec.model, spec.stage)
@@ -265,22 +293,32 @@ def _run_worker(spec: TrainSpec) -> None:
               "num_processes": world, "device": accelerator.device.type, "output_dir": str(out),
               "hyperparams": {k: v for k, v in hp.items() if k not in ("resume_from", "_fingerprint")},
               "spec": hp.get("_fingerprint")}
+    result["engine"] = type(model).__name__  # DeepSpeedEngine, DistributedDataParallel, ...
+    # every process takes part: under ZeRO-3 this gathers the partitioned weights
+    state = accelerator.get_state_dict(model) if finished else None
     if accelerator.is_main_process:
         final = out / "final"
         if finished:
             unwrapped = accelerator.unwrap_model(model)
-            unwrapped.save_pretrained(final, safe_serialization=True)
+            unwrapped.save_pretrained(final, state_dict=state, safe_serialization=True)
             build_processor(unwrapped.config, tokenizer, image_processor=image_processor).save_pretrained(final)
             result["final_dir"] = str(final)
             if spec.eval_data:
+                from .architectures import load_model
                 from .evaluate import evaluate
 
-                test = load_conversations(spec.eval_data, spec.image_folder)[: hp["eval_max"]]
-                test_set = ConversationDataset(test, tokenizer, unwrapped.config, template, hp["max_length"],
-                                               image_processor)
-                metrics = evaluate(unwrapped, test_set)
-                test_set.blank_images = True  # the same questions with every image replaced by a blank one
-                blank = evaluate(unwrapped, test_set)
+                # Evaluation runs on this process alone. Under DeepSpeed the engine's copy may be sharded (ZeRO-3)
+                # or bf16, so the saved model is loaded whole; and with a ZeRO-3 config registered, transformers'
+                # generate() would wait for the other ranks (synced_gpus) and hang: the config is set aside.
+                with _whole_model_construction() if method.engine == "deepspeed" else contextlib.nullcontext():
+                    if method.engine == "deepspeed":
+                        unwrapped = load_model(final)
+                    test = load_conversations(spec.eval_data, spec.image_folder)[: hp["eval_max"]]
+                    test_set = ConversationDataset(test, tokenizer, unwrapped.config, template, hp["max_length"],
+                                                   image_processor)
+                    metrics = evaluate(unwrapped, test_set)
+                    test_set.blank_images = True  # the same questions with every image replaced by a blank one
+                    blank = evaluate(unwrapped, test_set)
                 result.update(eval_accuracy=metrics["accuracy"], eval_by_type=metrics["by_type"],
                               eval_examples=metrics["examples"], eval_blank_accuracy=blank["accuracy"],
                               eval_blank_by_type=blank["by_type"])
@@ -289,6 +327,19 @@ def _run_worker(spec: TrainSpec) -> None:
         (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _llm_hidden_size(model: str) -> int:
+    """The LLM's hidden size of a tiny name, checkpoint folder or Hub id (DeepSpeed's bucket sizes follow it)."""
+    from .architectures import get_config
+
+    if tiny_name(model) and not Path(model).is_dir():
+        config = get_config(tiny_name(model))
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model)
+    return getattr(config, "text_config", config).hidden_size
 
 
 def _in_distributed_launch() -> bool:
@@ -319,10 +370,21 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
     ``notebook_launcher`` forks, which CUDA forbids once this process has initialised it (a notebook that already
     ran a model on the GPU, say); then the workers start as fresh processes through ``accelerate launch``.
     """
-    if _in_distributed_launch() or num_processes == 1:
+    from accelerate.state import AcceleratorState
+
+    if _in_distributed_launch():
         run_worker(spec)
         return
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if num_processes == 1:
+        try:
+            run_worker(spec)
+        finally:  # forget this process's Accelerator, so that a later notebook_launcher can start processes
+            AcceleratorState._reset_state(reset_partial_state=True)
+        return
+    if (torch.cuda.is_available() and torch.cuda.is_initialized()) or AcceleratorState._shared_state \
+            or "bitsandbytes" in sys.modules:
+        # fork is impossible after CUDA initialised; notebook_launcher refuses once an Accelerator exists in this
+        # process, and once bitsandbytes is imported (peft and transformers import it when it is installed)
         _launch_fresh_processes(spec, num_processes)
         return
     from accelerate import notebook_launcher

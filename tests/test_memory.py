@@ -192,16 +192,14 @@ def test_committed_gpu_runs_within_tolerance():
 
 
 @pytest.fixture(scope="module")
-def cpu_runs(tmp_path_factory):
+def cpu_runs():
     """ZeRO-1/2/3 and FSDP2 on the tiny LLaVA, 2 CPU processes over gloo; each rank's real holdings."""
     pytest.importorskip("deepspeed")
-    out = tmp_path_factory.mktemp("measure") / "runs.jsonl"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llava_nb.measure",
-                    "--model", "tiny-llava-1.5", "--method", "zero1,zero2,zero3,fsdp", "--points", "2x100",
-                    "--zero", "stage3_param_persistence_threshold=0", "--out", str(out)],
-                   check=True, env=env, cwd=REPO_ROOT, capture_output=True, timeout=600)
-    return {r["method"]: r for r in map(json.loads, out.read_text().splitlines())}
+    from llava_nb.measure import run_measure
+
+    runs = run_measure("tiny-llava-1.5", "zero1,zero2,zero3,fsdp", "2x100",
+                       zero={"stage3_param_persistence_threshold": 0})
+    return {r["method"]: r for r in runs}
 
 
 @pytest.mark.parametrize("method", ["zero1", "zero2", "zero3", "fsdp"])

@@ -95,7 +95,7 @@ def test_real_checkpoint_code_path(small_data, tmp_path):
 
 def test_errors(small_data, tmp_path):
     with pytest.raises(llava_nb.UnknownMethodError, match="planned"):
-        train("tiny-llava-1.5", 1, method="zero3")
+        train("tiny-llava-1.5", 1, method="fsdp")
     with pytest.raises(llava_nb.LlavaNbError, match="stage must be 1 or 2"):
         train("tiny-llava-1.5", 3)
     with pytest.raises(llava_nb.LlavaNbError, match="unknown hyperparameter"):
@@ -119,3 +119,39 @@ def test_cli_train_prints_json_last_and_generate_answers(small_data, tmp_path, c
                  "--max-new-tokens", "2"]) == 0
     assert main(["generate", "--model", last["final_dir"], "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
     assert "no image file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(small_data, tmp_path_factory):
+    """Stage 1, 2 CPU processes over gloo: DDP, ZeRO-2, ZeRO-3 with the same data and seed; ZeRO-3 also stopped at
+    step 2 and resumed from its sharded checkpoint."""
+    pytest.importorskip("deepspeed")
+    tmp = tmp_path_factory.mktemp("ds")
+    common = dict(data=small_data["captions"], image_folder=small_data["image_folder"], max_steps=4, num_processes=2,
+                  batch_size=8, log_every=0)
+    runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, **common) for m in ("ddp", "zero2", "zero3")}
+    train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut", save_every=2, stop_after=2, **common)
+    runs["resumed"] = train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut",
+                            resume_from=str(tmp / "cut" / "checkpoints" / "step_2"), **common)
+    return runs
+
+
+def test_deepspeed_methods_really_run_deepspeed(deepspeed_runs):
+    """On a CPU, Accelerate drops a DeepSpeed plugin silently when given cpu=True; train() must not."""
+    assert deepspeed_runs["ddp"]["engine"] == "DistributedDataParallel"
+    assert deepspeed_runs["zero2"]["engine"] == deepspeed_runs["zero3"]["engine"] == "DeepSpeedEngine"
+
+
+def test_zero2_and_zero3_compute_the_same_training(deepspeed_runs):
+    """Sharding changes where the numbers live, not the numbers: the same losses (fp32), and the first loss (before
+    any update) equals DDP's. ZeRO-3's gathered final weights load into a plain model."""
+    z2, z3, ddp = (deepspeed_runs[m]["losses"] for m in ("zero2", "zero3", "ddp"))
+    assert len(z3) == 4 and z3 == pytest.approx(z2, abs=1e-5)
+    assert z3[0] == pytest.approx(ddp[0], abs=1e-6)
+    a = llava_nb.load_model(deepspeed_runs["zero2"]["final_dir"]).state_dict()
+    b = llava_nb.load_model(deepspeed_runs["zero3"]["final_dir"]).state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_zero3_resumes_from_its_sharded_checkpoint_with_the_same_losses(deepspeed_runs):
+    assert deepspeed_runs["resumed"]["losses"] == pytest.approx(deepspeed_runs["zero3"]["losses"], abs=1e-6)
