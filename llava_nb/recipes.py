@@ -50,6 +50,48 @@ LLAVA_ZERO = {
 }
 
 
+#: The rest of LLaVA's zero2.json / zero3.json: precision and batch entries left to the HF Trainer ("auto").
+LLAVA_COMMON = {
+    "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
+             "hysteresis": 2, "min_loss_scale": 1},
+    "bf16": {"enabled": "auto"},
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto",
+}
+#: zero3_offload.json's extras: bf16 forced on, DeepSpeed's own AdamW and WarmupLR (their values "auto" too).
+LLAVA_OFFLOAD_EXTRA = {
+    "bf16": {"enabled": True},
+    "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
+    "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
+                                                  "warmup_num_steps": "auto"}},
+    "gradient_clipping": "auto",
+    "steps_per_print": 1e5,
+    "wall_clock_breakdown": False,
+}
+LLAVA_FILES = {"zero2": "zero2.json", "zero3": "zero3.json", "zero3-offload": "zero3_offload.json"}
+
+
+def llava_deepspeed_file(name: str) -> dict:
+    """The content of LLaVA's ``scripts/<name>.json`` (``zero2``, ``zero3``, ``zero3-offload``), "auto" entries
+    included; ``llava_nb/configs/`` ships them as files (``tests/test_recipes.py`` checks they agree)."""
+    if name not in LLAVA_FILES:
+        raise UnknownMethodError(f"LLaVA ships DeepSpeed files for {', '.join(LLAVA_FILES)}, not {name!r}")
+    config = copy.deepcopy(LLAVA_COMMON)
+    if name == "zero3-offload":
+        config.update(copy.deepcopy(LLAVA_OFFLOAD_EXTRA))
+    config["zero_optimization"] = copy.deepcopy(LLAVA_ZERO[name])
+    return config
+
+
+def llava_deepspeed_path(name: str):
+    """Path of the shipped copy of LLaVA's DeepSpeed file for ``name`` (``TrainingArguments(deepspeed=path)``)."""
+    from pathlib import Path
+
+    llava_deepspeed_file(name)  # validates the name
+    return Path(__file__).parent / "configs" / LLAVA_FILES[name]
+
+
 def check_method(method: str) -> str:
     if method not in METHODS:
         raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

@@ -1,0 +1,33 @@
+"""The training recipes: LLaVA's DeepSpeed files and how their "auto" entries resolve."""
+
+import json
+
+import pytest
+
+from llava_nb.recipes import LLAVA_FILES, deepspeed_config, llava_deepspeed_file, llava_deepspeed_path
+
+
+@pytest.mark.parametrize("name", LLAVA_FILES)
+def test_shipped_files_are_llavas_settings(name):
+    assert json.loads(llava_deepspeed_path(name).read_text()) == llava_deepspeed_file(name)
+
+
+@pytest.mark.parametrize("name", ["zero2", "zero3"])
+def test_auto_resolves_as_the_hf_trainer_resolves_it(name, tmp_path):
+    """transformers' own HfTrainerDeepSpeedConfig fills LLaVA's "auto" entries; deepspeed_config must agree."""
+    pytest.importorskip("deepspeed")
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from llava_nb import build_model
+
+    model = build_model("llava-1.5-7b", device="meta")
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, gradient_accumulation_steps=1,
+                             use_cpu=True, report_to=[])
+    hf = HfTrainerDeepSpeedConfig(llava_deepspeed_file(name))
+    hf.trainer_config_process(args)
+    hf.trainer_config_finalize(args, model, num_training_steps=100)
+    ours = deepspeed_config(name, model.config.text_config.hidden_size, micro_batch=16, world_size=1, bf16=False)
+    assert hf.config["zero_optimization"] == ours["zero_optimization"]
+    assert hf.config["train_micro_batch_size_per_gpu"] == ours["train_micro_batch_size_per_gpu"] == 16
+    assert hf.config["bf16"]["enabled"] is ours["bf16"]["enabled"] is False
