@@ -361,7 +361,18 @@ def _launch_fresh_processes(spec: TrainSpec, num_processes: int) -> None:
     spec_file.write_text(json.dumps(asdict(spec)))
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                     str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "-m", "llava_nb", "worker", str(spec_file)], check=True)
+                    "--main_process_port", str(free_port()), "-m", "llava_nb", "worker", str(spec_file)], check=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now. Every launch gets its own: two runs on one machine on the same port
+    (29500, the default) collide, and DeepSpeed's CPU shared-memory all-reduce, whose segment names contain the
+    port, then crashes one of them (SIGABRT, "terminate called without an active exception")."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def launch(spec: TrainSpec, num_processes: int) -> None:
@@ -401,7 +412,7 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
     level = elastic.level
     elastic.setLevel(logging.CRITICAL)
     try:
-        notebook_launcher(run_worker, (spec,), num_processes=num_processes)
+        notebook_launcher(run_worker, (spec,), num_processes=num_processes, use_port=str(free_port()))
     except Exception:
         errors = list(Path(spec.output_dir).glob("error-rank*.txt"))
         if not any("Cannot re-initialize CUDA in forked subprocess" in e.read_text() for e in errors):

@@ -131,8 +131,9 @@ def deepspeed_runs(small_data, tmp_path_factory):
                   batch_size=8, log_every=0)
     runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, **common) for m in ("ddp", "zero2", "zero3")}
     train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut", save_every=2, stop_after=2, **common)
-    runs["resumed"] = train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut",
+    runs["resumed"] = train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut", save_every=2,
                             resume_from=str(tmp / "cut" / "checkpoints" / "step_2"), **common)
+    runs["resumed"]["last_checkpoint"] = str(tmp / "cut" / "checkpoints" / "step_4")
     return runs
 
 
@@ -155,3 +156,16 @@ def test_zero2_and_zero3_compute_the_same_training(deepspeed_runs):
 
 def test_zero3_resumes_from_its_sharded_checkpoint_with_the_same_losses(deepspeed_runs):
     assert deepspeed_runs["resumed"]["losses"] == pytest.approx(deepspeed_runs["zero3"]["losses"], abs=1e-6)
+
+
+def test_zero3_checkpoint_consolidates_into_the_trained_model(deepspeed_runs, tmp_path):
+    """DeepSpeed's zero_to_fp32 logic on the last sharded checkpoint gives exactly the weights train() saved."""
+    from llava_nb.checkpoints import consolidate_zero_checkpoint
+
+    run = deepspeed_runs["resumed"]
+    out = consolidate_zero_checkpoint(run["last_checkpoint"], run["final_dir"], tmp_path / "consolidated")
+    a = llava_nb.load_model(out).state_dict()
+    b = llava_nb.load_model(run["final_dir"]).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(llava_nb.LlavaNbError, match="not a DeepSpeed checkpoint"):
+        consolidate_zero_checkpoint(tmp_path, run["final_dir"], tmp_path / "x")
