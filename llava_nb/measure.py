@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -364,7 +365,13 @@ def main(argv=None) -> None:
             print(json.dumps({k: rec.get(k) for k in ("method", "gpus", "micro_batch", "seq_len", "oom", "steady",
                                                        "peak")}))
     if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        torch.distributed.barrier()
+    # Leave without tearing the process group and DeepSpeed's CPU communication threads down: their C++ teardown at
+    # interpreter exit now and then aborts a rank ("terminate called without an active exception", SIGABRT) after
+    # all the work is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
