@@ -31,3 +31,15 @@ def test_auto_resolves_as_the_hf_trainer_resolves_it(name, tmp_path):
     assert hf.config["zero_optimization"] == ours["zero_optimization"]
     assert hf.config["train_micro_batch_size_per_gpu"] == ours["train_micro_batch_size_per_gpu"] == 16
     assert hf.config["bf16"]["enabled"] is ours["bf16"]["enabled"] is False
+
+
+def test_zero3_trap_and_its_fix():
+    """Weights loaded into ZeRO-3-partitioned parameters meet empty torch.Size([0]) shards; GatheredParameters fixes
+    it (2 CPU processes over gloo)."""
+    pytest.importorskip("deepspeed")
+    from llava_nb.zero3_trap import run_zero3_trap
+
+    report = run_zero3_trap()
+    assert report["shape seen by the module"] == [0] and report["real shape (ds_shape)"] == [32, 64]
+    assert "size mismatch" in report["plain load_state_dict"] and "torch.Size([0])" in report["plain load_state_dict"]
+    assert report["weight sum after GatheredParameters load (expected 1024)"] == 1024.0
