@@ -18,12 +18,17 @@ Three ways of counting (``accounting``):
   ddp       2P bf16 + 4T fp32 master + 8T AdamW             2T bf16 + 4T fp32 grads + 4T AdamW's temporary
   zero1/2   2P + 4 part(T) + 8 part(T) + 2 x 2h^2 buckets   4 part(T) fp32 grads + 4 part(T) AdamW temporary
   zero3     2 part(P) + 12 part(T) + 2 part(T) grad buffer  8 x min(sub_group_size, part(T)) (one sub-group)
+            + 2 x 2h^2 buckets
   fsdp      4 part(P) fp32 shards + 8 part(T) AdamW         4 part(T) fp32 grads + 4 part(T) AdamW temporary
   lora      2P bf16 base + adapters fp32 + projector bf16   their gradients + AdamW temporary (same bytes)
             + their AdamW states
   qlora     NF4 base (0.5 B/param + double-quantised        as lora
             constants) + everything else cast to fp32
   ========  ==============================================  ======================================================
+
+  LoRA and QLoRA on several GPUs are DDP replicas, whose gradient buckets hold every trainable gradient between
+  steps. QLoRA's activations are counted twice LoRA's: ``prepare_model_for_kbit_training`` casts the embeddings to
+  fp32, so the residual stream (and the checkpointed block inputs) are fp32.
 
   AdamW's temporary is ``torch._foreach_sqrt(exp_avg_sq)``: torch's AdamW (foreach) allocates one tensor the size of
   the parameters it updates. During backward the peak is the larger of the loss phase (the checkpointed block
@@ -46,7 +51,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .errors import InvalidSizeError, LlavaNbError, UnknownMethodError
+from .errors import LlavaNbError, UnknownMethodError
 
 GIB = 2**30
 ACCOUNTINGS = ("measured", "paper", "deepspeed")
