@@ -314,29 +314,38 @@ def gather(records: list[dict]) -> list[dict]:
     return merged
 
 
-def run_measure(model: str, methods: str, points: str, processes: int = 2, zero: dict | None = None,
-                timeout: int = 600) -> list[dict]:
-    """Run ``python -m llava_nb.measure`` under ``torchrun --standalone`` in fresh processes (one thread each on a
-    CPU) and return its records. A worker that aborts (SIGABRT, seen now and then inside the CPU collectives of
-    gloo/DeepSpeed, never reproducibly) gets one retry; a second failure raises with the processes' output."""
+def torchrun(module_args: list[str], processes: int = 2, timeout: int = 600):
+    """Run ``python -m <module_args>`` in ``processes`` fresh processes under ``torchrun --standalone`` (a free port;
+    one thread each on a CPU). A worker that aborts (SIGABRT, seen now and then inside the CPU collectives of
+    gloo/DeepSpeed) gets one retry; a second failure raises with the processes' output."""
     import subprocess
-    import sys
-    import tempfile
 
-    out = Path(tempfile.mkdtemp(prefix="llava-nb-measure-")) / "runs.jsonl"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-           "-m", "llava_nb.measure", "--model", model, "--method", methods, "--points", points, "--out", str(out)]
-    for key, value in (zero or {}).items():
-        cmd += ["--zero", f"{key}={json.dumps(value)}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), "-m",
+           *module_args]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for attempt in (1, 2):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode == 0 or "SIGABRT" not in proc.stderr:
             break
-        out.unlink(missing_ok=True)
     if proc.returncode:
-        raise RuntimeError(f"measurement failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return [json.loads(line) for line in out.read_text().splitlines()]
+        raise RuntimeError(f"{module_args[0]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_measure(model: str, methods: str, points: str, processes: int = 2, zero: dict | None = None,
+                timeout: int = 600) -> list[dict]:
+    """``python -m llava_nb.measure`` in fresh processes (see ``torchrun``); returns its records."""
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="llava-nb-measure-")) / "runs.jsonl"
+    args = ["llava_nb.measure", "--model", model, "--method", methods, "--points", points, "--out", str(out)]
+    for key, value in (zero or {}).items():
+        args += ["--zero", f"{key}={json.dumps(value)}"]
+    torchrun(args, processes, timeout)
+    records = {}  # a retried run appends again: keep the last record per (method, point)
+    for rec in map(json.loads, out.read_text().splitlines()):
+        records[(rec["method"], rec["micro_batch"], rec["seq_len"])] = rec
+    return list(records.values())
 
 
 def main(argv=None) -> None:

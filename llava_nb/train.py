@@ -332,14 +332,13 @@ def _run_worker(spec: TrainSpec) -> None:
 def _llm_hidden_size(model: str) -> int:
     """The LLM's hidden size of a tiny name, checkpoint folder or Hub id (DeepSpeed's bucket sizes follow it)."""
     from .architectures import get_config
+    from .recipes import llm_hidden_size
 
     if tiny_name(model) and not Path(model).is_dir():
-        config = get_config(tiny_name(model))
-    else:
-        from transformers import AutoConfig
+        return llm_hidden_size(get_config(tiny_name(model)))
+    from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(model)
-    return getattr(config, "text_config", config).hidden_size
+    return llm_hidden_size(AutoConfig.from_pretrained(model))
 
 
 def _in_distributed_launch() -> bool:

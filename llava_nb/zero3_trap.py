@@ -48,18 +48,14 @@ def main(out: str) -> None:
 
 
 def run_zero3_trap(processes: int = 2, timeout: int = 300) -> dict:
-    """Run ``main`` in ``processes`` fresh processes (``torchrun --standalone``) and return rank 0's report."""
-    import subprocess
+    """Run ``main`` in ``processes`` fresh processes (``llava_nb.measure.torchrun``) and return rank 0's report."""
     import tempfile
     from pathlib import Path
 
+    from .measure import torchrun
+
     out = Path(tempfile.mkdtemp(prefix="llava-nb-zero3-")) / "report.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), "-m",
-           "llava_nb.zero3_trap", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode or not out.exists():
-        raise RuntimeError(f"the ZeRO-3 demonstration failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    torchrun(["llava_nb.zero3_trap", str(out)], processes, timeout)
     return json.loads(out.read_text())
 
 
