@@ -41,3 +41,13 @@ def compare(records: list[dict] | None = None, gpu_memory_gib: float | None = No
         row["verdict_ok"] = row["predicted_fits"] != r["oom"]
         rows.append(row)
     return rows
+
+
+def predicted_holdings(model, method: str, gpus: int, micro_batch: int, seq_len: int, rank: int = 0,
+                       **options) -> dict:
+    """The calculator's bytes for what ``llava_nb.measure`` reads from one rank (``holdings``): weights, fp32
+    master weights, optimizer states, and the gradients the optimizer reads at its step."""
+    est = estimate_memory(model, method, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len, rank=rank, **options)
+    return {"weights": est.breakdown["weights"], "master_weights": est.breakdown.get("master_weights", 0),
+            "optimizer_states": est.breakdown["optimizer_states"],
+            "gradients": est.phases["optimizer step"]["gradients"]}
