@@ -213,3 +213,20 @@ def test_each_ranks_states_equal_the_breakdown_exactly(cpu_runs, method):
         expected = predicted_holdings("tiny-llava-1.5", method, gpus=2, micro_batch=2, seq_len=100, rank=rank,
                                       stage3_param_persistence_threshold=0)
         assert {k: got[k] for k in expected} == expected, (method, rank)
+
+
+def test_config_and_name_give_the_same_estimate():
+    from llava_nb import get_config
+
+    by_name = estimate_memory("llava-1.5-7b", "fsdp", gpus=4, micro_batch=2)
+    by_config = estimate_memory(get_config("llava-1.5-7b"), "fsdp", gpus=4, micro_batch=2)
+    assert by_name.breakdown == by_config.breakdown
+
+
+def test_calculator_benchmark_is_committed_and_fast():
+    """`python -m llava_nb.bench memory` times every method; the widgets need well under 5 ms a call."""
+    from llava_nb.memory import METHODS
+
+    bench = json.loads((REPO_ROOT / "data" / "benchmarks" / "memory_calculator.json").read_text())
+    assert {k.split()[-1] for k in bench["calls"]} == set(METHODS)
+    assert bench["within_budget"] and bench["max_median_ms"] < bench["budget_ms"] == 5.0
