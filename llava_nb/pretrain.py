@@ -122,6 +122,50 @@ class ContrastivePair(nn.Module):
         return loss, accuracy
 
 
+def position_probe(vision=None, n_images: int = 800, layer: int = -2, steps: int = 300, seed: int = 0) -> dict:
+    """How well linear probes read *where* things are from a ViT's patch features (held-out accuracy, last 20%).
+
+    ``own_quadrant``: a patch's feature (64,) -> which quadrant the patch lies in (4 classes), the signature that
+    lets the LLM's attention pick out "the top left". ``occupied``: the mean feature of a quadrant's 3 x 3 patches
+    -> whether a shape is there (one shared probe for the 4 quadrants). ``vision`` defaults to the committed tiny
+    CLIP ViT; chance is 0.25 and about 0.5 (the share of empty quadrants).
+    """
+    from transformers import CLIPVisionModel
+
+    from .synthetic import POSITIONS, draw_scene, random_scene
+
+    torch.manual_seed(seed)
+    vision = vision if vision is not None else CLIPVisionModel.from_pretrained(VISION_DIR)
+    rng = random.Random(f"{seed}-probe")
+    scenes = [random_scene(rng) for _ in range(n_images)]
+    pixels = _normalise([draw_scene(s, (VISION_SIDE, VISION_SIDE), rng) for s in scenes])
+    with torch.no_grad():
+        patches = vision.eval()(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][:, 1:]  # (N, P, D)
+    side = int(patches.shape[1] ** 0.5)
+    half = side // 2
+    grid = patches.reshape(n_images, side, side, -1)  # (N, side, side, D)
+    quadrant = torch.tensor([(r // half) * 2 + c // half for r in range(side) for c in range(side)])  # (P,)
+    quads = torch.stack([grid[:, r:r + half, c:c + half].mean((1, 2)) for r in (0, half) for c in (0, half)], 1)
+    occupied = torch.tensor([[any(o.position == p for o in s) for p in POSITIONS] for s in scenes], dtype=torch.long)
+
+    def probe(x, y, classes):  # x (M, D), y (M,): a linear classifier fitted on 80%, scored on the rest
+        cut = int(0.8 * len(x))
+        mu, sd = x[:cut].mean(0), x[:cut].std(0) + 1e-5
+        x = (x - mu) / sd
+        lin = nn.Linear(x.shape[1], classes)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(lin(x[:cut]), y[:cut])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return (lin(x[cut:]).argmax(-1) == y[cut:]).float().mean().item()
+
+    dim = patches.shape[-1]
+    return {"own_quadrant": probe(patches.reshape(-1, dim), quadrant.repeat(n_images), 4),
+            "occupied": probe(quads.reshape(-1, dim), occupied.reshape(-1), 2)}
+
+
 def _fit(model: nn.Module, step_loss, steps: int, lr: float, log_every: int) -> tuple[list, float]:
     """AdamW (weight decay 0.05) with a cosine schedule after 10% warm-up. ``step_loss()`` draws a fresh batch and
     returns ``(loss, {metric: tensor})``. Returns the log (every ``log_every`` steps and the last) and the seconds."""
@@ -170,8 +214,11 @@ def pretrain_vision(out_dir: Path | str = VISION_DIR, steps: int = 300, batch_si
     return _write_log(out, log, seconds, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
 
 
-def _text_batch(rng: random.Random, tok, n: int) -> dict:
-    """``n`` synthetic conversations rendered in a random template, without images, padded: next-token targets."""
+def _text_batch(rng: random.Random, tok, n: int, context_prob: float = 0.0) -> dict:
+    """``n`` synthetic conversations rendered in a random template, without images, padded: next-token targets.
+
+    With probability ``context_prob`` a question-answer conversation starts with the scene's caption where the
+    image would be, so that the answers follow from the text before them."""
     from .synthetic import QUESTION_TYPES, SHORT_ANSWER_PROMPT, caption, question, random_scene
     from .templates import tokenize_conversation
 
@@ -182,8 +229,11 @@ def _text_batch(rng: random.Random, tok, n: int) -> dict:
             turns = [{"from": "human", "value": "Describe the image briefly."}, {"from": "gpt", "value": caption(scene)}]
         else:
             turns = []
-            for _ in range(rng.choice((1, 2, 3))):
+            context = context_prob > 0 and rng.random() < context_prob
+            for t in range(rng.choice((1, 2, 3))):
                 q, short, sentence = question(scene, rng.choice(QUESTION_TYPES), rng)
+                if context and t == 0:
+                    q = f"{caption(scene)}\n{q}"
                 short_form = rng.random() < 0.5
                 turns += [{"from": "human", "value": f"{q}\n{SHORT_ANSWER_PROMPT}" if short_form else q},
                           {"from": "gpt", "value": short if short_form else sentence}]
@@ -196,7 +246,7 @@ def _text_batch(rng: random.Random, tok, n: int) -> dict:
 
 
 def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batch_size: int = 32, lr: float = 3e-3,
-                      seed: int = 0, log_every: int = 10) -> dict:
+                      seed: int = 0, log_every: int = 10, context_prob: float = 0.0) -> dict:
     """Train the tiny Llama on synthetic chat text; save it (safetensors) and the training log to ``out_dir``."""
     from transformers import LlamaForCausalLM
 
@@ -207,7 +257,7 @@ def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batc
     rng = random.Random(f"{seed}-text")
     tok = load_tokenizer()
     model = LlamaForCausalLM(_tiny_llama(len(tok)))
-    log, seconds = _fit(model, lambda: (model(**_text_batch(rng, tok, batch_size)).loss, {}), steps, lr, log_every)
+    log, seconds = _fit(model, lambda: (model(**_text_batch(rng, tok, batch_size, context_prob)).loss, {}), steps, lr, log_every)
     out = Path(out_dir)
     model.save_pretrained(out)
     tok.save_pretrained(out)

@@ -135,7 +135,8 @@ def _image_turn(text: str, rng: random.Random, image_first: bool | None = None) 
     return f"<image>\n{text}" if first else f"{text}\n<image>"
 
 
-def generate(out_dir: Path | str, n_images: int = 2000, n_test: int = 300, seed: int = 0, sizes: str = "square") -> dict:
+def generate(out_dir: Path | str, n_images: int = 2000, n_test: int = 300, seed: int = 0, sizes: str = "square",
+             turns: tuple = (1, 1, 2, 3), distinct_types: bool = False) -> dict:
     """Write images and the three JSON files (``captions.json``, ``instruct.json``, ``test.json``) to ``out_dir``.
 
     Train and test images come from disjoint random streams of the same ``seed``. Returns the file paths.
@@ -165,15 +166,17 @@ def generate(out_dir: Path | str, n_images: int = 2000, n_test: int = 300, seed:
             captions.append({"id": f"cap-{sid}", "image": rel, "conversations": [
                 {"from": "human", "value": _image_turn(rng.choice(CAPTION_PROMPTS), rng)},
                 {"from": "gpt", "value": caption(scene)}]})
-            turns = []
-            for t in range(rng.choice((1, 1, 2, 3))):
-                q, short, sentence = question(scene, rng.choice(QUESTION_TYPES), rng)
+            conv = []
+            n_turns = rng.choice(turns)
+            qtypes = rng.sample(QUESTION_TYPES, n_turns) if distinct_types else None
+            for t in range(n_turns):
+                q, short, sentence = question(scene, qtypes[t] if qtypes else rng.choice(QUESTION_TYPES), rng)
                 if rng.random() < 0.5:
                     q, a = f"{q}\n{SHORT_ANSWER_PROMPT}", short
                 else:
                     a = sentence
-                turns += [{"from": "human", "value": _image_turn(q, rng) if t == 0 else q}, {"from": "gpt", "value": a}]
-            instruct.append({"id": f"qa-{sid}", "image": rel, "conversations": turns})
+                conv += [{"from": "human", "value": _image_turn(q, rng) if t == 0 else q}, {"from": "gpt", "value": a}]
+            instruct.append({"id": f"qa-{sid}", "image": rel, "conversations": conv})
     files = {}
     for name, records in (("captions", captions), ("instruct", instruct), ("test", test)):
         files[name] = out / f"{name}.json"

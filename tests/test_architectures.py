@@ -130,3 +130,17 @@ def test_load_model_resolves_names_to_hub_checkpoints_safely(name, hub, monkeypa
     assert kwargs["use_safetensors"] is True and kwargs["trust_remote_code"] is False
     assert kwargs["dtype"] == torch.bfloat16
     assert cls_name == ("LlavaNextForConditionalGeneration" if "v1.6" in hub else "LlavaForConditionalGeneration")
+
+
+def test_committed_vit_patch_features_say_where_they_are():
+    """The LLM can only answer "is there a shape at the top left?" if each patch token carries its position."""
+    from transformers import CLIPVisionModel
+
+    from llava_nb.architectures import _tiny_vit
+    from llava_nb.pretrain import position_probe
+
+    trained = position_probe(n_images=300)
+    assert trained["own_quadrant"] > 0.95 and trained["occupied"] > 0.95
+    torch.manual_seed(0)
+    untrained = position_probe(CLIPVisionModel(_tiny_vit(84)), n_images=300)
+    assert untrained["own_quadrant"] < 0.8  # CLIP's small random position embeddings: the signature is weak

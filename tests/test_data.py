@@ -178,3 +178,13 @@ def test_length_grouped_sampler_is_a_deterministic_permutation_with_less_padding
     shuffled = list(range(1000))
     random.Random(1).shuffle(shuffled)
     assert padding(first) < 1.05 < padding(shuffled)
+
+
+def test_synthetic_turns_and_distinct_question_types(tmp_path):
+    files = generate(tmp_path, n_images=20, n_test=5, seed=1, turns=(5,), distinct_types=True)
+    for rec in json.loads(files["instruct"].read_text()):
+        questions = [t["value"] for t in rec["conversations"][::2]]
+        assert len(questions) == 5
+        kinds = {"color" if "color" in q else "shape is" if "What shape" in q else "many" if "How many" in q
+                 else "at the" if " at the " in q else "exists" for q in questions}
+        assert len(kinds) == 5, questions  # every question type once
