@@ -10,6 +10,9 @@
 * bitsandbytes 0.50 on a CPU with AVX512-BF16 tries to fetch a kernel from the Hugging Face Hub at import and logs a
   warning when it cannot ("Failed to load CPU gemm_4bit_forward from kernels-community"); it then uses its own
   kernels. Offline that is expected, so its logger is set to errors only.
+* torch 2.13's FSDP2 warns when a ``fully_shard``-ed root module "returned a view tensor": LLaVA's forward returns
+  ``logits[:, slice]`` (a view) in its output. The warning is about in-place ops on that view, which neither
+  ``train()`` nor transformers does; the loss is computed inside forward. Keep it silenced while that holds.
 * DeepSpeed logs "Setting accelerator to CPU" whenever it is imported without a GPU (transformers and Accelerate
   import it when it is installed). Without CUDA we name the CPU accelerator explicitly (``DS_ACCELERATOR=cpu``),
   which is what that warning asks for; a reader's own setting wins.
@@ -24,6 +27,7 @@ KNOWN_WARNINGS = [
     (r"`gradient_checkpointing_enable` is deprecated", FutureWarning),
     (r"`torch.distributed.all_gather_into_tensor` is deprecated", FutureWarning),
     (r"`torch.distributed.reduce_scatter_tensor` is deprecated", FutureWarning),
+    (r"FSDP2-wrapped module \(FSDP\w+\) returned a view tensor", UserWarning),
 ]
 
 

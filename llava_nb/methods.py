@@ -13,7 +13,7 @@ from typing import Callable
 
 from .errors import UnknownMethodError
 
-PLANNED = ("zero3-offload", "fsdp", "lora", "qlora")
+PLANNED = ("lora", "qlora")
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class Method:
     accelerator_kwargs: Callable[[dict, dict], dict] = field(default=lambda hp, facts: {})
     #: (model, hyperparameters) -> the model to hand to ``accelerator.prepare``
     prepare_model: Callable = field(default=lambda model, hp: model)
-    #: "ddp" or "deepspeed": DeepSpeed needs a real process group (not ``cpu=True``) and gathers ZeRO-3 weights
-    #: before saving
+    #: "ddp", "deepspeed" or "fsdp": DeepSpeed needs a real process group (not ``cpu=True``); DeepSpeed and FSDP
+    #: hold sharded weights, gathered before saving, and their trained model is evaluated from the saved copy
     engine: str = "ddp"
 
 
@@ -84,3 +84,45 @@ def _deepspeed_kwargs(name: str):
 for _name, _stage in (("zero1", 1), ("zero2", 2), ("zero3", 3)):
     register(Method(_name, f"DeepSpeed ZeRO stage {_stage} (LLaVA's settings), torch AdamW",
                     accelerator_kwargs=_deepspeed_kwargs(_name), engine="deepspeed"))
+register(Method("zero3-offload", "DeepSpeed ZeRO-3 with parameters and optimizer states offloaded to CPU "
+                "(LLaVA's zero3_offload.json), torch AdamW", accelerator_kwargs=_deepspeed_kwargs("zero3-offload"),
+                engine="deepspeed"))
+
+
+def _fsdp_kwargs(hp: dict, facts: dict) -> dict:
+    """Accelerate's ``FullyShardedDataParallelPlugin``, FSDP2: ``fully_shard`` on every ViT encoder layer and LLM
+    decoder layer, then the root; parameters resharded after forward (ZeRO-3-like); sharded (DCP) checkpoints.
+    With bf16, parameters are all-gathered and computed in bf16 and gradients reduce-scattered in fp32."""
+    import torch
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if hp["mixed_precision"] == "bf16" else None)
+    return {"fsdp_plugin": FullyShardedDataParallelPlugin(
+        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=facts["block_classes"],
+        reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT", mixed_precision_policy=policy)}
+
+
+def force_fsdp_on_cpu(accelerator, plugin) -> None:
+    """Make a CPU ``Accelerator`` use its FSDP plugin.
+
+    Workaround for Accelerate 1.15: on CPU (``cpu=True``, distributed type MULTI_CPU, gloo) ``AcceleratorState``
+    drops the ``fsdp_plugin`` without a word, and ``prepare`` then wraps the model in DDP. FSDP2's ``fully_shard``
+    itself runs on CPU over gloo, so the distributed type is set to FSDP by hand, in ``PartialState`` too (each
+    ``AcceleratorState()`` copies it from there), and the plugin is attached as Accelerate would on a GPU.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+
+
+register(Method("fsdp", "PyTorch FSDP2 through Accelerate's FSDP plugin: parameters, gradients and optimizer states "
+                "sharded per block", accelerator_kwargs=_fsdp_kwargs, engine="fsdp"))

@@ -197,6 +197,17 @@ def prepare_model(model: nn.Module, method: str, grad_checkpointing: bool = True
     return model
 
 
+def fsdp_block_classes(model) -> list[str]:
+    """Class names of the blocks FSDP shards one by one (Accelerate's ``transformer_cls_names_to_wrap``): the ViT's
+    encoder layer and the LLM's decoder layer, read from the model (a name, config or module; built on meta)."""
+    from .architectures import as_config, build_model
+
+    module = model if isinstance(model, nn.Module) else build_model(as_config(model), device="meta")
+    parts = model_parts(module)
+    vision = getattr(parts["vision_tower"], "vision_model", parts["vision_tower"])
+    return sorted({type(vision.encoder.layers[0]).__name__, type(parts["language_model"].layers[0]).__name__})
+
+
 def shard_fsdp(model: nn.Module, mesh=None) -> nn.Module:
     """FSDP2: ``fully_shard`` every LLM decoder layer and every ViT encoder layer, then the root.
 

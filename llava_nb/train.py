@@ -198,7 +198,8 @@ def _run_worker(spec: TrainSpec) -> None:
 
     from .data import load_conversations
     from .dataset import Collator, ConversationDataset, LengthGroupedSampler, check_batch
-    from .methods import get_method
+    from .methods import force_fsdp_on_cpu, get_method
+    from .recipes import fsdp_block_classes, llm_hidden_size
     from .processors import build_processor
     from .stages import freeze_for_stage
 
@@ -208,14 +209,19 @@ def _run_worker(spec: TrainSpec) -> None:
     if not torch.cuda.is_available() and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # a forked process keeps its parent's count
     world = int(os.environ.get("WORLD_SIZE", 1))
-    facts = {"hidden_size": _llm_hidden_size(spec.model), "world_size": world,
-             "micro_batch": hp["batch_size"] // (world * hp["gradient_accumulation_steps"])}
+    config = _model_config(spec.model)
+    facts = {"hidden_size": llm_hidden_size(config), "world_size": world,
+             "micro_batch": hp["batch_size"] // (world * hp["gradient_accumulation_steps"]),
+             "block_classes": fsdp_block_classes(config) if method.engine == "fsdp" else None}
+    accelerator_kwargs = method.accelerator_kwargs(hp, facts)
     # cpu=True would make Accelerate drop a DeepSpeed plugin silently (and run DDP): DeepSpeed methods get a gloo
     # process group from their kwargs instead
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available() and method.engine != "deepspeed", mixed_precision=hp["mixed_precision"],
         gradient_accumulation_steps=hp["gradient_accumulation_steps"],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **method.accelerator_kwargs(hp, facts))
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **accelerator_kwargs)
+    if method.engine == "fsdp" and not torch.cuda.is_available():
+        force_fsdp_on_cpu(accelerator, accelerator_kwargs["fsdp_plugin"])
     set_seed(spec.seed)
     out = Path(spec.output_dir)
     model, tokenizer, image_processor = load_for_training(spec.model, spec.stage)
@@ -294,12 +300,14 @@ def _run_worker(spec: TrainSpec) -> None:
               "hyperparams": {k: v for k, v in hp.items() if k not in ("resume_from", "_fingerprint")},
               "spec": hp.get("_fingerprint")}
     result["engine"] = type(model).__name__  # DeepSpeedEngine, DistributedDataParallel, ...
-    # every process takes part: under ZeRO-3 this gathers the partitioned weights
+    # every process takes part: under ZeRO-3 and FSDP this gathers the sharded weights (whole on rank 0)
     state = accelerator.get_state_dict(model) if finished else None
     if accelerator.is_main_process:
         final = out / "final"
         if finished:
             unwrapped = accelerator.unwrap_model(model)
+            if method.engine == "fsdp":  # FSDP2 swapped the class for FSDP<name>: save a plain copy
+                unwrapped = _plain_model(unwrapped.config, state)
             unwrapped.save_pretrained(final, state_dict=state, safe_serialization=True)
             build_processor(unwrapped.config, tokenizer, image_processor=image_processor).save_pretrained(final)
             result["final_dir"] = str(final)
@@ -310,6 +318,7 @@ def _run_worker(spec: TrainSpec) -> None:
                 # Evaluation runs on this process alone. Under DeepSpeed the engine's copy may be sharded (ZeRO-3)
                 # or bf16, so the saved model is loaded whole; and with a ZeRO-3 config registered, transformers'
                 # generate() would wait for the other ranks (synced_gpus) and hang: the config is set aside.
+                # Under FSDP the whole plain copy above is evaluated.
                 with _whole_model_construction() if method.engine == "deepspeed" else contextlib.nullcontext():
                     if method.engine == "deepspeed":
                         unwrapped = load_model(final)
@@ -329,16 +338,25 @@ def _run_worker(spec: TrainSpec) -> None:
     accelerator.end_training()
 
 
-def _llm_hidden_size(model: str) -> int:
-    """The LLM's hidden size of a tiny name, checkpoint folder or Hub id (DeepSpeed's bucket sizes follow it)."""
+def _plain_model(config, state: dict):
+    """A model of ``config``'s own class holding ``state`` (a full state dict), built on meta: nothing is copied."""
+    from .architectures import model_class
+
+    with torch.device("meta"):
+        plain = model_class(config)(config)
+    plain.load_state_dict(state, assign=True)
+    return plain.eval()
+
+
+def _model_config(model: str):
+    """The config of a tiny name, checkpoint folder or Hub id (DeepSpeed's bucket sizes and FSDP's blocks follow it)."""
     from .architectures import get_config
-    from .recipes import llm_hidden_size
 
     if tiny_name(model) and not Path(model).is_dir():
-        return llm_hidden_size(get_config(tiny_name(model)))
+        return get_config(tiny_name(model))
     from transformers import AutoConfig
 
-    return llm_hidden_size(AutoConfig.from_pretrained(model))
+    return AutoConfig.from_pretrained(model)
 
 
 def _in_distributed_launch() -> bool:

@@ -1,6 +1,7 @@
 """train(): both stages, resume from a checkpoint, real-checkpoint code path, errors. Small and in-process."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,7 +130,8 @@ def deepspeed_runs(small_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ds")
     common = dict(data=small_data["captions"], image_folder=small_data["image_folder"], max_steps=4, num_processes=2,
                   batch_size=8, log_every=0)
-    runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, **common) for m in ("ddp", "zero2", "zero3")}
+    runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, **common)
+            for m in ("ddp", "zero2", "zero3", "zero3-offload")}
     train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut", save_every=2, stop_after=2, **common)
     runs["resumed"] = train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut", save_every=2,
                             resume_from=str(tmp / "cut" / "checkpoints" / "step_2"), **common)
@@ -140,14 +142,14 @@ def deepspeed_runs(small_data, tmp_path_factory):
 def test_deepspeed_methods_really_run_deepspeed(deepspeed_runs):
     """On a CPU, Accelerate drops a DeepSpeed plugin silently when given cpu=True; train() must not."""
     assert deepspeed_runs["ddp"]["engine"] == "DistributedDataParallel"
-    assert deepspeed_runs["zero2"]["engine"] == deepspeed_runs["zero3"]["engine"] == "DeepSpeedEngine"
+    assert {deepspeed_runs[m]["engine"] for m in ("zero2", "zero3", "zero3-offload")} == {"DeepSpeedEngine"}
 
 
 def test_zero2_and_zero3_compute_the_same_training(deepspeed_runs):
     """Sharding changes where the numbers live, not the numbers: the same losses (fp32), and the first loss (before
     any update) equals DDP's. ZeRO-3's gathered final weights load into a plain model."""
-    z2, z3, ddp = (deepspeed_runs[m]["losses"] for m in ("zero2", "zero3", "ddp"))
-    assert len(z3) == 4 and z3 == pytest.approx(z2, abs=1e-5)
+    z2, z3, off, ddp = (deepspeed_runs[m]["losses"] for m in ("zero2", "zero3", "zero3-offload", "ddp"))
+    assert len(z3) == 4 and z3 == pytest.approx(z2, abs=1e-5) and off == pytest.approx(z3, abs=1e-5)
     assert z3[0] == pytest.approx(ddp[0], abs=1e-6)
     a = llava_nb.load_model(deepspeed_runs["zero2"]["final_dir"]).state_dict()
     b = llava_nb.load_model(deepspeed_runs["zero3"]["final_dir"]).state_dict()
@@ -169,3 +171,49 @@ def test_zero3_checkpoint_consolidates_into_the_trained_model(deepspeed_runs, tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(llava_nb.LlavaNbError, match="not a DeepSpeed checkpoint"):
         consolidate_zero_checkpoint(tmp_path, run["final_dir"], tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(small_data, tmp_path_factory):
+    """Stage 1, 2 CPU processes over gloo: DDP and FSDP2 (Accelerate's plugin) with the same data and seed; FSDP
+    also stopped at step 2 and resumed from its sharded (DCP) checkpoint."""
+    tmp = tmp_path_factory.mktemp("fsdp")
+    common = dict(data=small_data["captions"], image_folder=small_data["image_folder"], max_steps=4, num_processes=2,
+                  batch_size=8, log_every=0, save_every=2)
+    runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, **common) for m in ("ddp", "fsdp")}
+    train("tiny-llava-1.5", 1, method="fsdp", output_dir=tmp / "cut", stop_after=2, **common)
+    runs["resumed"] = train("tiny-llava-1.5", 1, method="fsdp", output_dir=tmp / "cut",
+                            resume_from=str(tmp / "cut" / "checkpoints" / "step_2"), **common)
+    runs["resumed"]["last_checkpoint"] = str(tmp / "cut" / "checkpoints" / "step_4")
+    return runs
+
+
+def test_fsdp_really_shards_and_computes_what_ddp_computes(fsdp_runs):
+    """On a CPU, Accelerate drops an FSDP plugin silently; train() must not (methods.force_fsdp_on_cpu)."""
+    assert fsdp_runs["fsdp"]["engine"] == "FSDPLlavaForConditionalGeneration"
+    assert fsdp_runs["fsdp"]["losses"] == pytest.approx(fsdp_runs["ddp"]["losses"], abs=1e-5)
+    a = llava_nb.load_model(fsdp_runs["ddp"]["final_dir"]).state_dict()
+    b = llava_nb.load_model(fsdp_runs["fsdp"]["final_dir"]).state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    config = json.loads((Path(fsdp_runs["fsdp"]["final_dir"]) / "config.json").read_text())
+    assert config["architectures"] == ["LlavaForConditionalGeneration"]  # not FSDP's wrapper class
+
+
+def test_fsdp_resumes_from_its_dcp_checkpoint_with_the_same_losses(fsdp_runs):
+    assert fsdp_runs["resumed"]["losses"] == pytest.approx(fsdp_runs["fsdp"]["losses"], abs=1e-6)
+    shards = sorted(p.name for p in (Path(fsdp_runs["resumed"]["last_checkpoint"]) / "pytorch_model_fsdp_0").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one file per rank
+
+
+def test_fsdp_checkpoint_consolidates_into_the_trained_model(fsdp_runs, tmp_path):
+    from llava_nb.checkpoints import consolidate_fsdp_checkpoint
+
+    run = fsdp_runs["resumed"]
+    out = consolidate_fsdp_checkpoint(run["last_checkpoint"], run["final_dir"], tmp_path / "consolidated")
+    a = llava_nb.load_model(out).state_dict()
+    b = llava_nb.load_model(run["final_dir"]).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(llava_nb.LlavaNbError, match="not an FSDP"):
+        consolidate_fsdp_checkpoint(tmp_path, run["final_dir"], tmp_path / "x")
+    with pytest.raises(llava_nb.LlavaNbError, match="does not match"):
+        consolidate_fsdp_checkpoint(run["last_checkpoint"], "tiny-llava-v1", tmp_path / "y")
