@@ -97,6 +97,26 @@ def _grad_probe(opt: torch.optim.Optimizer) -> dict:
     return seen
 
 
+class _PhaseClock:
+    """Seconds between marks, written into ``phases`` (nothing is timed when it is None)."""
+
+    def __init__(self, device: torch.device, phases: dict | None):
+        self.cuda, self.phases = device.type == "cuda", phases
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.phases is not None and self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if self.phases is None:
+            return
+        now = self._now()
+        self.phases[name] = round(now - self.last, 4)
+        self.last = now
+
+
 class Run:
     """One rank's model, optimizer and step function for ``method``; ``holdings()`` reads its states."""
 
@@ -142,16 +162,24 @@ class Run:
             self.dtype = torch.bfloat16
         self.grads = _grad_probe(self.basic)
 
-    def step(self, batch: dict) -> float:
+    def step(self, batch: dict, phases: dict | None = None) -> float:
+        """One training step; with ``phases`` (a dict), the seconds of forward, backward and optimizer step are
+        added to it (the device synchronised at each boundary)."""
+        clock = _PhaseClock(self.device, phases)
         if self.engine is not None:
             loss = self.engine(**batch).loss
+            clock.mark("forward")
             self.engine.backward(loss)
+            clock.mark("backward")
             self.engine.step()  # DeepSpeed's step zeroes the gradients itself
         else:
             loss = self.model(**batch).loss
+            clock.mark("forward")
             loss.backward()
+            clock.mark("backward")
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        clock.mark("step")
         return loss.detach().item()
 
     def holdings(self) -> dict:
@@ -240,8 +268,9 @@ def _init_distributed(method: str) -> torch.device:
 
 def measure(model_name: str, method: str, points: list[tuple[int, int]], steps: int = 3,
             grad_checkpointing: bool = True, zero_overrides: dict | None = None, cap_gib: float | None = None,
-            checkpoint_dir: str | None = None, seed: int = 0) -> list[dict]:
-    """Run ``method`` at each (micro_batch, seq_len) point on this rank; return one record per point."""
+            checkpoint_dir: str | None = None, seed: int = 0, phase_steps: int = 0) -> list[dict]:
+    """Run ``method`` at each (micro_batch, seq_len) point on this rank; return one record per point. The last
+    ``phase_steps`` steps of each point are also timed phase by phase (``phase_s``)."""
     device = _init_distributed(method)
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
@@ -268,14 +297,19 @@ def measure(model_name: str, method: str, points: list[tuple[int, int]], steps: 
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(device)
-            times, losses = [], []
-            for _ in range(steps):
+            times, losses, phases = [], [], []
+            for i in range(steps):
                 t0 = time.perf_counter()
-                losses.append(run.step(batch))
+                split = {} if phase_steps and i >= steps - phase_steps else None
+                losses.append(run.step(batch, split))
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
+                if split is not None:
+                    phases.append(split)
             rec.update(losses=losses, step_s=times)
+            if phases:  # the last steps again, each split into forward / backward / optimizer step
+                rec["phase_s"] = phases
             if cuda:
                 rec.update(steady=torch.cuda.memory_allocated(device), peak=torch.cuda.max_memory_allocated(device))
             rec["holdings"] = run.holdings()
@@ -358,6 +392,7 @@ def main(argv=None) -> None:
     p.add_argument("--zero", action="append", default=[], help="KEY=VALUE for zero_optimization")
     p.add_argument("--cap-gib", type=float, default=None, help="cap each GPU at this many GiB (80 GB H100: 79.18)")
     p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--phase-steps", type=int, default=0, help="time the last N steps phase by phase")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     points = [tuple(int(x) for x in s.split("x")) for s in a.points.split(",")]
@@ -365,7 +400,7 @@ def main(argv=None) -> None:
     records = []
     for method in a.method.split(","):  # several methods share one process group (and one start-up)
         records += gather(measure(a.model, method, points, a.steps, not a.no_grad_checkpointing, zero, a.cap_gib,
-                                  a.checkpoint_dir))
+                                  a.checkpoint_dir, phase_steps=a.phase_steps))
     if int(os.environ.get("RANK", 0)) == 0:
         with open(a.out, "a") as f:
             for rec in records:

@@ -318,10 +318,10 @@ def _run_worker(spec: TrainSpec) -> None:
                 # Evaluation runs on this process alone. Under DeepSpeed the engine's copy may be sharded (ZeRO-3)
                 # or bf16, so the saved model is loaded whole; and with a ZeRO-3 config registered, transformers'
                 # generate() would wait for the other ranks (synced_gpus) and hang: the config is set aside.
-                # Under FSDP the whole plain copy above is evaluated.
+                # Under FSDP the live model is sharded too (and the plain copy above has no buffers): the same.
                 with _whole_model_construction() if method.engine == "deepspeed" else contextlib.nullcontext():
-                    if method.engine == "deepspeed":
-                        unwrapped = load_model(final)
+                    if method.engine in ("deepspeed", "fsdp"):
+                        unwrapped = load_model(final).to(accelerator.device)
                     test = load_conversations(spec.eval_data, spec.image_folder)[: hp["eval_max"]]
                     test_set = ConversationDataset(test, tokenizer, unwrapped.config, template, hp["max_length"],
                                                    image_processor)
@@ -339,7 +339,9 @@ def _run_worker(spec: TrainSpec) -> None:
 
 
 def _plain_model(config, state: dict):
-    """A model of ``config``'s own class holding ``state`` (a full state dict), built on meta: nothing is copied."""
+    """A model of ``config``'s own class holding ``state`` (a full state dict), for ``save_pretrained``. Built on
+    meta, so nothing is allocated or copied; its non-persistent buffers (RoPE's ``inv_freq``) stay on meta, so it
+    is for saving only."""
     from .architectures import model_class
 
     with torch.device("meta"):

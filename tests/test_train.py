@@ -180,7 +180,9 @@ def fsdp_runs(small_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
     common = dict(data=small_data["captions"], image_folder=small_data["image_folder"], max_steps=4, num_processes=2,
                   batch_size=8, log_every=0, save_every=2)
-    runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, **common) for m in ("ddp", "fsdp")}
+    # the evaluation after training (from the saved model: the live one is sharded) runs too
+    runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, eval_data=small_data["test"], eval_max=4,
+                     **common) for m in ("ddp", "fsdp")}
     train("tiny-llava-1.5", 1, method="fsdp", output_dir=tmp / "cut", stop_after=2, **common)
     runs["resumed"] = train("tiny-llava-1.5", 1, method="fsdp", output_dir=tmp / "cut",
                             resume_from=str(tmp / "cut" / "checkpoints" / "step_2"), **common)
@@ -192,6 +194,7 @@ def test_fsdp_really_shards_and_computes_what_ddp_computes(fsdp_runs):
     """On a CPU, Accelerate drops an FSDP plugin silently; train() must not (methods.force_fsdp_on_cpu)."""
     assert fsdp_runs["fsdp"]["engine"] == "FSDPLlavaForConditionalGeneration"
     assert fsdp_runs["fsdp"]["losses"] == pytest.approx(fsdp_runs["ddp"]["losses"], abs=1e-5)
+    assert fsdp_runs["fsdp"]["eval_accuracy"] == fsdp_runs["ddp"]["eval_accuracy"]
     a = llava_nb.load_model(fsdp_runs["ddp"]["final_dir"]).state_dict()
     b = llava_nb.load_model(fsdp_runs["fsdp"]["final_dir"]).state_dict()
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -9,8 +9,10 @@ One call per GPU count, resumable: a step whose record is already in ``engines_g
 * ``matmul``: the card's measured bf16 matrix rate (``throughput.matmul_tflops``), the MFU denominator;
 * ``tiny``: ``python -m llava_nb train --model tiny-llava-1.5 --stage 2 --method M --num-processes N`` (stage 1
   first, as the CLI does), with its JSON result (losses, engine, accuracy, seconds);
-* ``measure``: ``python -m llava_nb.measure`` records of the 7B (step times of ``STEPS`` steps per point, memory,
-  holdings), for ZeRO-3 with LLaVA's ``zero3.json`` ("auto" buckets), ZeRO-3 with larger buckets, and FSDP2.
+* ``measure``: ``python -m llava_nb.measure`` records of the 7B (step times per point, memory, holdings), for the
+  ``RUNS`` below: ZeRO-3 with LLaVA's ``zero3.json`` ("auto" buckets), ZeRO-3 with larger buckets, FSDP2, and both
+  engines timed phase by phase, with and without gradient checkpointing;
+* ``tiny error`` / ``measure error``: a run that failed, with the end of its stderr.
 """
 
 from __future__ import annotations
@@ -28,10 +30,20 @@ DONE = HERE / "engines_gpu.jsonl"
 MODEL = "llava-1.5-7b"
 POINTS = "2x2048,8x2048"
 STEPS = 8
-#: ZeRO-3 variants: LLaVA's zero3.json as is ("auto" = 0.9 h^2 and h^2 elements: 15.1M and 16.8M for h = 4096,
-#: less than one 202M-parameter Llama block), and buckets of 500M elements, DeepSpeed's own default size class
-VARIANTS = {"zero3": {}, "zero3 large buckets": {"stage3_prefetch_bucket_size": 500_000_000,
-                                                 "reduce_bucket_size": 500_000_000}}
+#: (name, method, zero_optimization overrides, extra measure arguments, points, steps). ZeRO-3 runs with LLaVA's
+#: zero3.json as is ("auto" = 0.9 h^2 and h^2 elements: 15.1M and 16.8M for h = 4096, less than one 202M-parameter
+#: Llama block) and with buckets of 500M elements; the "phases" runs split the last steps into forward, backward and
+#: optimizer step; the last two leave gradient checkpointing off.
+RUNS = [
+    ("zero3", "zero3", {}, [], POINTS, STEPS),
+    ("zero3 large buckets", "zero3", {"stage3_prefetch_bucket_size": 500_000_000, "reduce_bucket_size": 500_000_000},
+     [], POINTS, STEPS),
+    ("fsdp", "fsdp", {}, [], POINTS, STEPS),
+    ("zero3 phases", "zero3", {}, ["--phase-steps", "3"], POINTS, 5),
+    ("fsdp phases", "fsdp", {}, ["--phase-steps", "3"], POINTS, 5),
+    ("zero3 phases, no checkpointing", "zero3", {}, ["--phase-steps", "3", "--no-grad-checkpointing"], "2x2048", 5),
+    ("fsdp phases, no checkpointing", "fsdp", {}, ["--phase-steps", "3", "--no-grad-checkpointing"], "2x2048", 5),
+]
 ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
        "PYTHONUNBUFFERED": "1"}
 
@@ -51,6 +63,25 @@ def append(out: Path, record: dict) -> None:
           flush=True)
 
 
+def measure(a, out: Path, skip: set, env: dict, name: str, method: str, zero: dict, extra: list, points: str,
+            steps: int) -> None:
+    if ("measure", a.gpus, name) in skip:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs.jsonl"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.gpus), "-m",
+               "llava_nb.measure", "--model", MODEL, "--method", method, "--points", points, "--steps", str(steps),
+               "--out", str(runs), *extra]
+        for key, value in zero.items():
+            cmd += ["--zero", f"{key}={json.dumps(value)}"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+        if not runs.exists():
+            append(out, {"gpus": a.gpus, "kind": "measure error", "name": name, "stderr": proc.stderr[-4000:]})
+            return
+        for rec in map(json.loads, runs.read_text().splitlines()):
+            append(out, {**rec, "kind": "measure", "name": name})
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--gpus", type=int, required=True)
@@ -68,6 +99,8 @@ def main() -> None:
     base = {"gpus": a.gpus, "versions": versions()}
     if ("matmul", a.gpus, None) not in skip:
         append(out, {**base, "kind": "matmul", "tflops": matmul_tflops(), "n": 8192, "dtype": "bfloat16"})
+    for name, method, zero, extra, points, steps in RUNS[:5]:
+        measure(a, out, skip, env, name, method, zero, extra, points, steps)
     for method in ("zero3", "fsdp"):
         if ("tiny", a.gpus, method) in skip:
             continue
@@ -77,27 +110,13 @@ def main() -> None:
                                   env={**env, "LLAVA_NB_CACHE": cache}, capture_output=True, text=True,
                                   timeout=a.timeout)
         if proc.returncode:
-            print(proc.stderr[-3000:], flush=True)
+            append(out, {**base, "kind": "tiny error", "name": method, "stderr": proc.stderr[-4000:]})
             continue
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result.pop("eval_examples", None)
         append(out, {**base, "kind": "tiny", "name": method, **result})
-    for name, zero in [*VARIANTS.items(), ("fsdp", {})]:
-        if ("measure", a.gpus, name) in skip:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            runs = Path(tmp) / "runs.jsonl"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.gpus), "-m",
-                   "llava_nb.measure", "--model", MODEL, "--method", "fsdp" if name == "fsdp" else "zero3",
-                   "--points", POINTS, "--steps", str(STEPS), "--out", str(runs)]
-            for key, value in zero.items():
-                cmd += ["--zero", f"{key}={json.dumps(value)}"]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
-            if not runs.exists():
-                print(proc.stderr[-3000:], flush=True)
-                continue
-            for rec in map(json.loads, runs.read_text().splitlines()):
-                append(out, {**rec, "kind": "measure", "name": name})
+    for name, method, zero, extra, points, steps in RUNS[5:]:
+        measure(a, out, skip, env, name, method, zero, extra, points, steps)
     torch.cuda.empty_cache()
 
 
