@@ -411,10 +411,15 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         finally:  # forget this process's Accelerator, so that a later notebook_launcher can start processes
             AcceleratorState._reset_state(reset_partial_state=True)
         return
+    from .methods import get_method
+
+    deepspeed_on_gpu = torch.cuda.is_available() and get_method(spec.method).engine == "deepspeed"
     if (torch.cuda.is_available() and torch.cuda.is_initialized()) or AcceleratorState._shared_state \
-            or "bitsandbytes" in sys.modules:
+            or "bitsandbytes" in sys.modules or deepspeed_on_gpu:
         # fork is impossible after CUDA initialised; notebook_launcher refuses once an Accelerator exists in this
-        # process, and once bitsandbytes is imported (peft and transformers import it when it is installed)
+        # process, and once bitsandbytes is imported (peft and transformers import it when it is installed).
+        # DeepSpeed on GPUs: forked workers failed in init_process_group with "CUDA error: initialization error"
+        # (2 x H200, 2026-11-28; data/gpu/engines_gpu.py), so they start fresh.
         _launch_fresh_processes(spec, num_processes)
         return
     from accelerate import notebook_launcher
@@ -434,7 +439,8 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         notebook_launcher(run_worker, (spec,), num_processes=num_processes, use_port=str(free_port()))
     except Exception:
         errors = list(Path(spec.output_dir).glob("error-rank*.txt"))
-        if not any("Cannot re-initialize CUDA in forked subprocess" in e.read_text() for e in errors):
+        if not any(msg in e.read_text() for e in errors
+                   for msg in ("Cannot re-initialize CUDA in forked subprocess", "CUDA error: initialization error")):
             raise
         # CUDA was initialised in this process by something torch.cuda.is_initialized() does not see (it happens
         # after an earlier notebook_launcher run on some machines): fork cannot work, fresh processes can.
