@@ -43,3 +43,21 @@ def test_zero3_trap_and_its_fix():
     assert report["shape seen by the module"] == [0] and report["real shape (ds_shape)"] == [32, 64]
     assert "size mismatch" in report["plain load_state_dict"] and "torch.Size([0])" in report["plain load_state_dict"]
     assert report["weight sum after GatheredParameters load (expected 1024)"] == 1024.0
+
+
+def test_hf_trainer_runs_llavas_zero3_json_as_a_deepspeed_engine_on_two_cpu_processes(tmp_path):
+    """The Trainer path for real: 2 gloo processes, LLaVA's zero3.json. Each rank must hold a DeepSpeed engine that
+    counts 2 processes (transformers 5.24 alone would leave each CPU rank alone: hf_trainer._deepspeed_state_on_cpu)
+    and half of the weights, with every "auto" resolved as deepspeed_config resolves it for the tiny model."""
+    pytest.importorskip("deepspeed")
+    from llava_nb.hf_trainer import run_hf_trainer
+
+    ranks = run_hf_trainer("zero3", tmp_path, processes=2, max_steps=2)
+    for r in ranks:
+        assert r["engine"] == "DeepSpeedEngine" and r["world_size"] == 2
+        assert 2 * r["local_numel"] == pytest.approx(r["numel"], rel=1e-3)
+        assert len(r["losses"]) == 2 and all(0 < x < 10 for x in r["losses"])
+        ours = deepspeed_config("zero3", 128, micro_batch=4, world_size=2, bf16=False)
+        assert r["deepspeed_config"]["zero_optimization"] == ours["zero_optimization"]
+        assert r["deepspeed_config"]["train_batch_size"] == ours["train_batch_size"] == 8
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # the loss is reduced over the ranks
