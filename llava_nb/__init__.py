@@ -11,6 +11,10 @@ The chapters import everything they reuse from here; each module holds one conce
 * ``synthetic`` / ``data`` / ``templates`` / ``dataset``: the shapes data, reading LLaVA files, templates, batches;
 * ``pretrain`` / ``train`` / ``methods`` / ``evaluate`` / ``inference``: the tiny pretrained parts, ``train()``,
   its method plug-ins, held-out evaluation, and answering questions;
+* ``memory`` / ``memory_validation`` / ``measure`` / ``throughput``: the memory calculator, its checks against
+  measured ranks, the per-rank measurement harness, and step speed (model FLOPs, MFU, communication);
+* ``recipes`` / ``checkpoints`` / ``hf_trainer`` / ``zero3_trap``: the DeepSpeed, FSDP, LoRA and QLoRA set-ups,
+  sharded checkpoints consolidated, the Hugging Face ``Trainer`` path, and the ZeRO-3 trap;
 * ``plotting`` / ``widgets``: the figures and widgets the chapters share.
 """
 
@@ -33,6 +37,7 @@ from .errors import (
 )
 from .image_tokens import anyres_layout, check_image_tokens, count_image_tokens, select_best_resolution
 from .images import sample_image
+from .memory import estimate_memory
 from .params import count_parameters
 from .processors import build_processor, load_processor
 from .profiles import get_profile, profile_model
@@ -49,5 +54,5 @@ __all__ = [
     "ImageTokenMismatchError", "InvalidSizeError", "LlavaNbError", "ProfileError", "UnknownMethodError",
     "UnknownModelError", "anyres_layout", "check_image_tokens", "count_image_tokens", "select_best_resolution",
     "sample_image", "count_parameters", "build_processor", "load_processor", "get_profile", "profile_model",
-    "load_tokenizer", "trace_forward", "train", "DataError", "load_conversations", "inference",
+    "load_tokenizer", "trace_forward", "train", "DataError", "load_conversations", "inference", "estimate_memory",
 ]

@@ -88,6 +88,7 @@ class MemoryEstimate:
     peak_gib: float
     breakdown: dict
     transient: tuple
+    #: host memory of the whole machine (all ``gpus`` ranks together), for offload; 0 without
     cpu_gib: float = 0.0
     image_tokens: int = 0
     peak_phase: str = ""
