@@ -167,3 +167,104 @@ def plot_predicted_vs_measured(rows: list[dict], key: str = "peak", ax=None, tit
     ax.legend(fontsize=8, loc="upper left")
     ax.figure.tight_layout()
     return ax.figure
+
+
+def _fsdp_unit(name: str) -> tuple[str, str]:
+    """("all_gather", "language_model.layers.0") from "FSDP::all_gather (model.language_model.layers.0)"; the root
+    module's ranges carry no name."""
+    kind, _, unit = name.removeprefix("FSDP::").partition(" (")
+    return kind, unit.rstrip(")").removeprefix("model.") or "root (embeddings, projector, lm_head, ...)"
+
+
+def plot_fsdp_timeline(ranks: list[list[dict]], ax=None):
+    """One training step of FSDP2 per rank, from the profiler's ``FSDP::`` ranges (``fsdp_demo.timeline``): for every
+    sharded unit, when its parameters were all-gathered (forward and backward), when it computed its forward (from
+    the end of ``pre_forward`` to ``post_forward``; not for the root, whose forward spans all the others) and when
+    its gradients were reduce-scattered."""
+    n = len(ranks)
+    if ax is None:
+        fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), sharex=True, squeeze=False)
+        axes = axes[:, 0]
+    else:
+        axes = [ax]
+    colours = {"all_gather": "#4C72B0", "forward": "#55A868", "post_backward_reduce": "#C44E52"}
+    labels = {"all_gather": "all-gather (parameters)", "forward": "forward compute",
+              "post_backward_reduce": "reduce-scatter (gradients)"}
+    for rank, (ax, events) in enumerate(zip(axes, ranks)):
+        units = []
+        for e in events:
+            kind, unit = _fsdp_unit(e["name"])
+            if kind in ("all_gather", "pre_forward") and unit not in units:
+                units.append(unit)
+        row = {u: i for i, u in enumerate(units)}
+        bars = {k: [] for k in colours}
+        pre_end = {}
+        for e in events:
+            kind, unit = _fsdp_unit(e["name"])
+            if unit not in row:
+                continue
+            if kind == "pre_forward":
+                pre_end[unit] = e["end_ms"]
+            elif kind == "post_forward" and unit in pre_end:
+                start = pre_end.pop(unit)
+                if not unit.startswith("root"):  # the root's forward encloses every other unit's: not drawn
+                    bars["forward"].append((row[unit], start, e["start_ms"]))
+            elif kind in ("all_gather", "post_backward_reduce"):
+                bars[kind].append((row[unit], e["start_ms"], e["end_ms"]))
+        for kind, spans in bars.items():
+            for i, (y, a, b) in enumerate(spans):
+                ax.barh(y, b - a, left=a, height=0.6, color=colours[kind], label=labels[kind] if i == 0 else None)
+        ax.set_yticks(range(len(units)), units, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"rank {rank}: one training step (forward, then backward)")
+        ax.grid(axis="x", color="0.9")
+    axes[-1].set_xlabel("time since the step started (ms)")
+    fig = axes[0].figure
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    return fig
+
+
+def plot_engine_speed(rows: list[dict], ax=None):
+    """Grouped bars: tokens per second of each engine at each (micro-batch x sequence) point, MFU on the bars.
+    ``rows`` hold ``engine``, ``point``, ``tokens_per_s``, ``mfu``."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+    points = list(dict.fromkeys(r["point"] for r in rows))
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    width = 0.8 / len(engines)
+    for j, engine in enumerate(engines):
+        for i, point in enumerate(points):
+            r = next((r for r in rows if r["engine"] == engine and r["point"] == point), None)
+            if r is None:
+                continue
+            x = i + (j - (len(engines) - 1) / 2) * width
+            ax.bar(x, r["tokens_per_s"], width, color=f"C{j}", label=engine if i == 0 else None)
+            ax.text(x, r["tokens_per_s"], f"{100 * r['mfu']:.0f}%", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(points)), points)
+    ax.set_xlabel("micro-batch x sequence length per GPU")
+    ax.set_ylabel("tokens per second (all GPUs)")
+    ax.set_title("Training speed (MFU on each bar)")
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def plot_step_phases(rows: list[dict], ax=None):
+    """Stacked bars: seconds of forward, backward and optimizer step per engine and point (``rows`` hold
+    ``label``, ``forward``, ``backward``, ``step``)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [r["label"] for r in rows]
+    bottom = np.zeros(len(rows))
+    for i, phase in enumerate(("forward", "backward", "step")):
+        vals = np.array([r[phase] for r in rows])
+        ax.bar(range(len(rows)), vals, bottom=bottom, color=f"C{i}", label=phase if phase != "step" else "optimizer step")
+        bottom += vals
+    ax.set_xticks(range(len(rows)), labels, fontsize=8, rotation=20, ha="right")
+    ax.set_ylabel("seconds per training step")
+    ax.set_title("Where a step's time goes")
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure

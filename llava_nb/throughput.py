@@ -49,7 +49,8 @@ def matmul_tflops(n: int = 8192, dtype: torch.dtype = torch.bfloat16, iters: int
 
 
 def model_flops(model, micro_batch: int, seq_len: int) -> dict:
-    """Model FLOPs of one training micro-batch (see the module docstring), by part and ``total``."""
+    """Model FLOPs of one training micro-batch (see the module docstring), by part and ``total``. The matmul parts
+    count every weight of a part, so the few non-matmul parameters (norms, position embeddings) count too."""
     shapes = model_shapes(model)
     vision = as_config(model).vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
@@ -57,9 +58,11 @@ def model_flops(model, micro_batch: int, seq_len: int) -> dict:
     t = patches + 1
     b, s = micro_batch, seq_len
     out = {
-        "llm": 6 * (shapes.llm_linear + shapes.lm_head) * b * s + 12 * shapes.layers * shapes.hidden * s * b * s,
+        "llm_matmul": 6 * (shapes.llm_linear + shapes.lm_head) * b * s,
+        "llm_attention": 12 * shapes.layers * shapes.hidden * s * b * s,
         "projector": 6 * shapes.projector * b * n_img,
-        "vit": 2 * shapes.vision * b * t + 4 * vision.num_hidden_layers * vision.hidden_size * t * b * t,
+        "vit_matmul": 2 * shapes.vision * b * t,
+        "vit_attention": 4 * vision.num_hidden_layers * vision.hidden_size * t * b * t,
     }
     out["total"] = sum(out.values())
     return out
@@ -93,3 +96,50 @@ def communication_bytes(model, method: str, world: int) -> dict:
            "reduce_scatter": share * grad_bytes * shapes.trainable}
     out["total"] = sum(out.values())
     return out
+
+
+def load_engine_runs(path=None) -> dict:
+    """The records of ``data/gpu/engines_gpu.jsonl`` by kind: ``matmul`` ({gpu name: TFLOP/s}), ``measure``, ``tiny``."""
+    import json
+    from pathlib import Path
+
+    from .paths import DATA_DIR
+
+    path = Path(path or DATA_DIR / "gpu" / "engines_gpu.jsonl")
+    out = {"matmul": {}, "measure": [], "tiny": []}
+    for rec in map(json.loads, path.read_text().splitlines()):
+        if rec["kind"] == "matmul":
+            out["matmul"][rec["versions"]["gpu"]] = rec["tflops"]
+        elif rec["kind"] in ("measure", "tiny"):
+            out[rec["kind"]].append(rec)
+    return out
+
+
+def speed_rows(records: list[dict], tflops: dict, warmup: int = 2) -> list[dict]:
+    """One row per measured record: engine (the run's name), GPUs, point, step time, tokens/s and MFU against the
+    same card's measured rate (``tflops`` by GPU name; MFU is None where that card's rate was not measured)."""
+    rows = []
+    for r in records:
+        if r["oom"]:
+            continue
+        gpu = r["versions"].get("gpu")
+        rate = tflops.get(gpu)
+        s = speed(r, rate or 1.0, warmup)
+        rows.append({"engine": r.get("name", r["method"]), "gpus": r["gpus"], "gpu": gpu,
+                     "point": f"{r['micro_batch']}x{r['seq_len']}", "step_s": s["step_s"],
+                     "tokens_per_s": s["tokens_per_s"], "mfu": s["mfu"] if rate else None,
+                     "checkpointing": r["grad_checkpointing"]})
+    return rows
+
+
+def phase_rows(records: list[dict]) -> list[dict]:
+    """Median seconds of forward, backward and optimizer step of the records timed phase by phase."""
+    rows = []
+    for r in records:
+        if not r.get("phase_s"):
+            continue
+        med = {k: statistics.median(p[k] for p in r["phase_s"]) for k in ("forward", "backward", "step")}
+        ckpt = "" if r["grad_checkpointing"] else ", no checkpointing"
+        rows.append({"label": f"{r['method']} {r['micro_batch']}x{r['seq_len']}{ckpt}", "method": r["method"],
+                     "point": f"{r['micro_batch']}x{r['seq_len']}", "checkpointing": r["grad_checkpointing"], **med})
+    return rows

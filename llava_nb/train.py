@@ -510,6 +510,10 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     for stale in [cached, *out.glob("error-rank*.txt")] if hp["resume_from"] is None else out.glob("error-rank*.txt"):
         if stale.exists():
             stale.unlink()
+    if hp["resume_from"] is None and (out / "checkpoints").is_dir():
+        # a fresh run: an earlier run's checkpoints in this folder would be overwritten one by one (DCP warns) or,
+        # worse, outlive this run and be mistaken for its own
+        shutil.rmtree(out / "checkpoints")
     hp["_fingerprint"] = fingerprint
     try:
         launch(spec, hp["num_processes"] or default_num_processes())
