@@ -13,7 +13,7 @@ from typing import Callable
 
 from .errors import UnknownMethodError
 
-PLANNED = ("lora", "qlora")
+PLANNED = ("qlora",)
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Method:
     #: "ddp", "deepspeed" or "fsdp": DeepSpeed needs a real process group (not ``cpu=True``); DeepSpeed and FSDP
     #: hold sharded weights, gathered before saving, and their trained model is evaluated from the saved copy
     engine: str = "ddp"
+    #: LoRA-style: the model is a peft model; train() saves the adapter (``lora.save_lora``) and the merged weights
+    adapter: bool = False
 
 
 METHODS: dict[str, Method] = {}
@@ -126,3 +128,17 @@ def force_fsdp_on_cpu(accelerator, plugin) -> None:
 
 register(Method("fsdp", "PyTorch FSDP2 through Accelerate's FSDP plugin: parameters, gradients and optimizer states "
                 "sharded per block", accelerator_kwargs=_fsdp_kwargs, engine="fsdp"))
+
+
+def _lora_model(model, hp: dict):
+    """peft's LoRA on every LLM Linear (LLaVA's targets), the projector in ``modules_to_save`` so that it trains in
+    full and is saved with the adapter; everything else frozen by peft."""
+    from peft import get_peft_model
+
+    from .lora import llava_lora_config
+
+    return get_peft_model(model, llava_lora_config(hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"]))
+
+
+register(Method("lora", "LoRA adapters on every LLM Linear (peft), the projector trained in full, DDP over processes",
+                accelerator_kwargs=_ddp_kwargs, prepare_model=_lora_model, adapter=True))

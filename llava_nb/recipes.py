@@ -132,11 +132,11 @@ def deepspeed_config(method: str, hidden_size: int, micro_batch: int = 1, world_
 
 
 def lora_config(r: int = LLAVA_LORA_R, alpha: int = LLAVA_LORA_ALPHA, dropout: float = 0.05):
-    """LLaVA's LoRA: every Linear of the LLM (regex on ``language_model``), not ``lm_head``, not the projector."""
-    from peft import LoraConfig
+    """LLaVA's LoRA as its repository runs it: every Linear of the LLM, not ``lm_head``, and the projector trained in
+    place (what the memory measurements use; ``lora.llava_lora_config`` also saves the projector with the adapter)."""
+    from .lora import llava_lora_config
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                      target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)")
+    return llava_lora_config(r, alpha, dropout, save_projector=False)
 
 
 def qlora_quantization_config():

@@ -43,6 +43,9 @@ TINY_HYPERPARAMS = {
     1: dict(lr=2e-4, epochs=1, batch_size=32, max_length=512, warmup_ratio=0.05),
     2: dict(lr=1e-3, epochs=6, batch_size=32, max_length=512, warmup_ratio=0.05),
 }
+#: LoRA on the tiny models: LLaVA's rank-to-width ratio would leave r = 4 at width 128, so r = 16 with LLaVA's
+#: alpha = 2 r; and, as LLaVA's LoRA recipe (2e-4) against its full fine-tuning (2e-5), a higher learning rate.
+TINY_LORA = dict(lr=2e-3, lora_r=16, lora_alpha=32)
 #: LLaVA-1.5's recipe (scripts/v1_5/pretrain.sh, finetune.sh), for real checkpoints. finetune.sh's
 #: --group_by_modality_length groups samples by length (and image/text-only); ``group_by_length`` does the first.
 FULL_HYPERPARAMS = {
@@ -52,7 +55,8 @@ FULL_HYPERPARAMS = {
 COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="no", save_every=0, log_every=5,
               max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
               find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=3000, n_test=300,
-              gradient_checkpointing=False, group_by_length=False, force=False)
+              gradient_checkpointing=False, group_by_length=False, force=False,
+              lora_r=128, lora_alpha=256, lora_dropout=0.05)  # LoRA: LLaVA's finetune_lora.sh
 
 
 class TrainingError(RuntimeError):
@@ -308,6 +312,12 @@ def _run_worker(spec: TrainSpec) -> None:
             unwrapped = accelerator.unwrap_model(model)
             if method.engine == "fsdp":  # FSDP2 swapped the class for FSDP<name>: save a plain copy
                 unwrapped = _plain_model(unwrapped.config, state)
+            if method.adapter:  # the adapter with its projector, then the merged weights as an ordinary model
+                from .lora import save_lora
+
+                save_lora(unwrapped, out / "adapter")
+                result["adapter_dir"] = str(out / "adapter")
+                unwrapped, state = unwrapped.merge_and_unload(), None
             unwrapped.save_pretrained(final, state_dict=state, safe_serialization=True)
             build_processor(unwrapped.config, tokenizer, image_processor=image_processor).save_pretrained(final)
             result["final_dir"] = str(final)
@@ -478,7 +488,8 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if unknown:
         raise LlavaNbError(f"unknown hyperparameter(s) {sorted(unknown)}; known: "
                            f"{sorted(set(COMMON) | set(TINY_HYPERPARAMS[1]))}")
-    hp = {**COMMON, **(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **hyperparams}
+    lora = TINY_LORA if tiny and stage == 2 and get_method(method).adapter else {}
+    hp = {**COMMON, **(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **lora, **hyperparams}
     if data is None:
         if not tiny:
             raise LlavaNbError(f"{model} needs data=... and image_folder=... (LLaVA-format JSON and its images); "
@@ -493,8 +504,11 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
         ensure_pretrained_parts()
     prior = None
     if stage == 2 and tiny and not Path(model).is_dir():
-        prior = train(model, 1, method=method, seed=seed, **{k: v for k, v in hyperparams.items()
-                                                             if k in ("num_processes", "n_images", "n_test", "force")})
+        # stage 1 trains the projector alone: adapters have nothing to do there (LLaVA's LoRA runs start from the
+        # same stage-1 projector as full fine-tuning)
+        prior_method = "ddp" if get_method(method).adapter else method
+        prior = train(model, 1, method=prior_method, seed=seed, **{k: v for k, v in hyperparams.items()
+                                                                   if k in ("num_processes", "n_images", "n_test", "force")})
         model = prior["final_dir"]
     out = Path(output_dir) if output_dir else default_output_dir(model, stage, method, seed)
     spec = TrainSpec(model, stage, method, str(data), str(image_folder) if image_folder else None,

@@ -220,3 +220,25 @@ def test_fsdp_checkpoint_consolidates_into_the_trained_model(fsdp_runs, tmp_path
         consolidate_fsdp_checkpoint(tmp_path, run["final_dir"], tmp_path / "x")
     with pytest.raises(llava_nb.LlavaNbError, match="does not match"):
         consolidate_fsdp_checkpoint(run["last_checkpoint"], "tiny-llava-v1", tmp_path / "y")
+
+
+def test_lora_training_saves_an_adapter_that_reloads_onto_its_base_and_the_merged_model(small_data, tmp_path):
+    from llava_nb.lora import load_lora
+    from llava_nb.measure import synthetic_batch
+
+    s1 = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+               output_dir=tmp_path / "s1", max_steps=2, **FAST)
+    r = train(s1["final_dir"], 2, method="lora", data=small_data["instruct"], image_folder=small_data["image_folder"],
+              eval_data=small_data["test"], output_dir=tmp_path / "lora", max_steps=3, lora_r=8,
+              lora_alpha=16, lr=2e-3, **FAST)
+    assert r["engine"] == "PeftModel" and r["steps"] == 3 and 0 <= r["eval_accuracy"] <= 1  # one process: no DDP
+    assert r["hyperparams"]["lora_r"] == 8
+    merged = llava_nb.load_model(r["final_dir"]).eval()
+    adapted = load_lora(llava_nb.load_model(s1["final_dir"]).eval(), r["adapter_dir"]).eval()
+    batch = synthetic_batch(merged.config, 1, 60, torch.device("cpu"))
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-5)
+        # training changed the model: the projector (trained in full) and the adapters
+        base = llava_nb.load_model(s1["final_dir"]).eval()
+        assert not torch.allclose(base(**batch).logits, merged(**batch).logits, atol=1e-4)
