@@ -235,6 +235,7 @@ def _run_worker(spec: TrainSpec) -> None:
     if hp["gradient_checkpointing"]:
         model.activation_checkpointing_enable({"use_reentrant": False})
     model = method.prepare_model(model, hp)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before any engine shards them
     template = hp["template"] or default_template(model.config, spec.stage)
     records = load_conversations(spec.data, spec.image_folder)
     dataset = ConversationDataset(records, tokenizer, model.config, template, hp["max_length"], image_processor)
@@ -304,6 +305,7 @@ def _run_worker(spec: TrainSpec) -> None:
               "hyperparams": {k: v for k, v in hp.items() if k not in ("resume_from", "_fingerprint")},
               "spec": hp.get("_fingerprint")}
     result["engine"] = type(model).__name__  # DeepSpeedEngine, DistributedDataParallel, ...
+    result["trainable_parameters"] = trainable
     # every process takes part: under ZeRO-3 and FSDP this gathers the sharded weights (whole on rank 0)
     state = accelerator.get_state_dict(model) if finished else None
     if accelerator.is_main_process:

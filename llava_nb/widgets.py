@@ -135,3 +135,50 @@ def comparison_widget(model="llava-1.5-7b", gpus=4, micro_batch=1, seq_len=2048,
 
     out = w.interactive_output(show, controls)
     return w.VBox([w.HBox(list(controls.values())), out])
+
+
+def lora_summary(model="llava-1.5-7b", r: int = 128, targets=None, alpha: int | None = None) -> dict:
+    """LoRA on the LLM's Linears named in ``targets`` (default: all seven, LLaVA's recipe) at rank ``r``: adapter
+    parameters, with the projector trained in full as LLaVA does, the trainable share, and the adapter file's size in
+    bf16 (the projector included)."""
+    from .architectures import build_model
+    from .lora import LLM_TARGETS, lora_parameter_counts
+    from .params import model_parts
+
+    targets = tuple(targets or LLM_TARGETS)
+    net = build_model(as_config(model), device="meta")
+    counts = lora_parameter_counts(net, r, targets=targets, within="language_model")
+    projector = sum(p.numel() for p in model_parts(net)["projector"].parameters())
+    trainable = counts["adapter"] + projector
+    return {"rank r": r, "alpha (LLaVA: 2 r)": alpha or 2 * r, "targets": ", ".join(targets),
+            "adapter parameters": counts["adapter"], "projector parameters (trained in full)": projector,
+            "trainable share of the model": trainable / (counts["base"] + counts["adapter"]),
+            "adapter file, bf16 (MB)": 2 * trainable / 1e6}
+
+
+def lora_widget(model="llava-1.5-7b"):
+    """Rank and target modules in; adapter size, trainable share and file size out."""
+    import ipywidgets as w
+    import pandas as pd
+    from IPython.display import display
+
+    from .lora import LLM_TARGETS
+
+    rank = w.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=128, description="rank r",
+                             continuous_update=False, style={"description_width": "initial"})
+    targets = w.SelectMultiple(options=LLM_TARGETS, value=LLM_TARGETS, rows=len(LLM_TARGETS),
+                               description="target Linears", style={"description_width": "initial"})
+    out = w.Output()
+
+    def show(*_):
+        out.clear_output(wait=True)
+        with out:
+            if not targets.value:
+                print("choose at least one target module")
+                return
+            display(pd.Series(lora_summary(model, rank.value, targets.value), name=str(model)).to_frame())
+
+    rank.observe(show, "value")
+    targets.observe(show, "value")
+    show()
+    return w.VBox([w.HBox([rank, targets]), out])

@@ -96,7 +96,9 @@ def test_real_checkpoint_code_path(small_data, tmp_path):
 
 def test_errors(small_data, tmp_path):
     with pytest.raises(llava_nb.UnknownMethodError, match="planned"):
-        train("tiny-llava-1.5", 1, method="fsdp")
+        train("tiny-llava-1.5", 1, method="qlora")
+    with pytest.raises(llava_nb.UnknownMethodError, match="available: ddp, zero1"):
+        train("tiny-llava-1.5", 1, method="zero4")
     with pytest.raises(llava_nb.LlavaNbError, match="stage must be 1 or 2"):
         train("tiny-llava-1.5", 3)
     with pytest.raises(llava_nb.LlavaNbError, match="unknown hyperparameter"):

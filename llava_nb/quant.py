@@ -1,0 +1,85 @@
+"""NF4 from scratch: QLoRA's 4-bit NormalFloat, blockwise absmax scaling and double quantization (Dettmers et al.
+2023, section 3).
+
+NF4's 16 levels are quantiles of N(0, 1), so that a normally distributed weight block uses each level about equally
+often. The type is asymmetric to hold an exact zero: 8 levels from the positive half, 7 from the negative, and 0,
+then scaled into [-1, 1] (bitsandbytes' ``create_normal_map(offset=0.9677083)``)::
+
+    positive  Phi^-1(linspace(offset, 0.5, 9)[:-1])      8 values
+    negative -Phi^-1(linspace(offset, 0.5, 8)[:-1])      7 values
+    levels = sort(positive + [0] + negative) / max
+
+A weight tensor is cut into blocks of 64; each block is divided by its absolute maximum (its "absmax", one fp32
+constant per block) and every value is replaced by the index of the nearest level (4 bits). Dequantizing is
+``levels[index] * absmax``. The constants cost 32 / 64 = 0.5 bits per parameter; double quantization stores them
+in 8 bits instead, in blocks of 256 with one fp32 constant each (after subtracting their mean), which costs
+8 / 64 + 32 / (64 * 256) = 0.127 bits per parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NF4_OFFSET = 0.9677083  # bitsandbytes' choice: the quantile range's end, so that the extreme levels are +-1
+
+
+def nf4_levels(offset: float = NF4_OFFSET) -> torch.Tensor:
+    """The 16 NF4 levels in [-1, 1], ascending (float32)."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    positive = normal.icdf(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])  # 8 values
+    negative = -normal.icdf(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])  # 7 values
+    levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative]).sort().values
+    return (levels / levels.max()).float()
+
+
+def quantize_blockwise(x: torch.Tensor, levels: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices (n,) uint8, absmax (n / blocksize,) float32) of ``x`` flattened; ``x.numel()`` must be a multiple of
+    ``blocksize``. Each value goes to the nearest level of ``levels`` after dividing by its block's absmax."""
+    flat = x.detach().float().reshape(-1, blocksize)  # (blocks, blocksize)
+    absmax = flat.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)  # (blocks,)
+    scaled = flat / absmax[:, None]  # in [-1, 1]
+    indices = (scaled[..., None] - levels).abs().argmin(dim=-1)  # (blocks, blocksize): nearest level
+    return indices.to(torch.uint8).reshape(-1), absmax
+
+
+def dequantize_blockwise(indices: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int = 64,
+                         shape=None) -> torch.Tensor:
+    values = levels[indices.long()].reshape(-1, blocksize) * absmax[:, None]
+    return values.reshape(shape) if shape is not None else values.reshape(-1)
+
+
+def int8_levels() -> torch.Tensor:
+    """256 evenly spaced levels in [-1, 1] for the second quantization (symmetric absmax int8)."""
+    return torch.linspace(-1, 1, 256)
+
+
+def int4_levels() -> torch.Tensor:
+    """Plain symmetric int4 for comparison: 15 evenly spaced levels -7/7 ... 7/7 (and one code unused)."""
+    return torch.arange(-7, 8, dtype=torch.float32) / 7
+
+
+def double_quantize(absmax: torch.Tensor, blocksize: int = 256) -> dict:
+    """The absmax constants in 8 bits: subtract their mean, then blockwise absmax int8 in blocks of ``blocksize``
+    (the last block padded). Returns the parts and the constants recovered from them."""
+    mean = absmax.mean()
+    centred = absmax - mean
+    pad = (-centred.numel()) % blocksize
+    padded = torch.cat([centred, centred.new_zeros(pad)])
+    codes, scales = quantize_blockwise(padded, int8_levels(), blocksize)
+    recovered = dequantize_blockwise(codes, scales, int8_levels(), blocksize)[: absmax.numel()] + mean
+    return {"codes": codes[: absmax.numel()], "scales": scales, "mean": mean, "absmax": recovered}
+
+
+def bits_per_parameter(blocksize: int = 64, double: bool = True, blocksize2: int = 256) -> float:
+    """Storage of the scaling constants per parameter, in bits: 32 / blocksize, or with double quantization
+    8 / blocksize + 32 / (blocksize * blocksize2)."""
+    return 8 / blocksize + 32 / (blocksize * blocksize2) if double else 32 / blocksize
+
+
+def nf4_roundtrip(x: torch.Tensor, blocksize: int = 64, double: bool = True, levels: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` quantized to NF4 (or to ``levels``) and back, with double-quantized constants when ``double``."""
+    levels = nf4_levels() if levels is None else levels
+    indices, absmax = quantize_blockwise(x, levels, blocksize)
+    if double:
+        absmax = double_quantize(absmax)["absmax"]
+    return dequantize_blockwise(indices, absmax, levels, blocksize, x.shape)

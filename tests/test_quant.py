@@ -1,0 +1,43 @@
+"""NF4 from scratch (llava_nb.quant) against bitsandbytes and the QLoRA paper."""
+
+import pytest
+import torch
+
+from llava_nb.quant import (bits_per_parameter, double_quantize, int4_levels, nf4_levels, nf4_roundtrip,
+                            quantize_blockwise)
+
+
+def test_nf4_levels_are_bitsandbytes_table():
+    bnb = pytest.importorskip("bitsandbytes.functional")
+    levels = nf4_levels()
+    assert levels.shape == (16,) and levels[0] == -1 and levels[-1] == 1 and (levels == 0).sum() == 1
+    assert torch.allclose(levels, bnb.get_4bit_type("nf4", device="cpu"), atol=1e-6)
+
+
+def test_blockwise_nf4_equals_bitsandbytes_quantize_4bit():
+    bnb = pytest.importorskip("bitsandbytes.functional")
+    torch.manual_seed(0)
+    w = torch.randn(128, 256) * 0.02
+    q, state = bnb.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert torch.allclose(nf4_roundtrip(w, double=False), bnb.dequantize_4bit(q, state), atol=1e-7)
+    _, absmax = quantize_blockwise(w, nf4_levels(), 64)
+    assert torch.allclose(absmax, state.absmax)
+
+
+def test_paper_bits_per_parameter():
+    """QLoRA section 3: 32/64 = 0.5 bits per parameter for the constants, 8/64 + 32/(64*256) = 0.127 with double
+    quantization."""
+    assert bits_per_parameter(double=False) == 0.5
+    assert round(bits_per_parameter(), 3) == 0.127
+
+
+def test_double_quantization_keeps_the_constants_and_nf4_beats_int4_on_normal_weights():
+    torch.manual_seed(1)
+    w = torch.randn(512, 512) * 0.02
+    _, absmax = quantize_blockwise(w, nf4_levels(), 64)
+    dq = double_quantize(absmax)
+    assert dq["codes"].dtype == torch.uint8 and dq["scales"].numel() == -(-absmax.numel() // 256)
+    assert ((dq["absmax"] - absmax).abs() / absmax).max() < 0.01
+    nf4 = (nf4_roundtrip(w, double=False) - w).pow(2).mean()
+    int4 = (nf4_roundtrip(w, double=False, levels=int4_levels()) - w).pow(2).mean()
+    assert nf4 < 0.85 * int4
