@@ -13,7 +13,7 @@ from typing import Callable
 
 from .errors import UnknownMethodError
 
-PLANNED = ("qlora",)
+PLANNED = ()
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ class Method:
     engine: str = "ddp"
     #: LoRA-style: the model is a peft model; train() saves the adapter (``lora.save_lora``) and the merged weights
     adapter: bool = False
+    #: () -> extra ``from_pretrained`` arguments for loading the model (QLoRA: the 4-bit quantization config)
+    load_kwargs: Callable[[], dict] = field(default=lambda: {})
 
 
 METHODS: dict[str, Method] = {}
@@ -142,3 +144,28 @@ def _lora_model(model, hp: dict):
 
 register(Method("lora", "LoRA adapters on every LLM Linear (peft), the projector trained in full, DDP over processes",
                 accelerator_kwargs=_ddp_kwargs, prepare_model=_lora_model, adapter=True))
+
+
+def _qlora_load() -> dict:
+    import torch
+
+    from .recipes import qlora_quantization_config
+
+    return {"dtype": torch.bfloat16, "quantization_config": qlora_quantization_config()}
+
+
+def _qlora_model(model, hp: dict):
+    """QLoRA: the base loaded in NF4 (``load_kwargs``), peft's ``prepare_model_for_kbit_training`` (casts the
+    remaining 16-bit parameters to fp32; checkpointing as ``gradient_checkpointing`` says), then LoRA as ``lora``."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from .lora import llava_lora_config
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp["gradient_checkpointing"],
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(model, llava_lora_config(hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"]))
+
+
+register(Method("qlora", "QLoRA: the base in 4-bit NF4 (bitsandbytes), LoRA adapters in bf16/fp32, the projector in "
+                "full, DDP over processes", accelerator_kwargs=_ddp_kwargs, prepare_model=_qlora_model, adapter=True,
+                load_kwargs=_qlora_load))

@@ -128,20 +128,23 @@ def default_output_dir(model: str, stage: int, method: str, seed: int) -> Path:
     return CACHE_DIR / "runs" / f"{slug}-stage{stage}-{method}-seed{seed}"
 
 
-def load_for_training(model: str, stage: int):
+def load_for_training(model: str, stage: int, **load_kwargs):
     """(model, tokenizer, image_processor) for a tiny name (pretrained parts, random projector), a checkpoint
-    folder, or a Hub id."""
+    folder, or a Hub id; ``load_kwargs`` go to ``from_pretrained`` (QLoRA's quantization config)."""
     from .architectures import build_model, load_model
     from .pretrain import load_pretrained_parts
     from .processors import build_image_processor, load_processor
     from .tokenizer import load_tokenizer
 
     if tiny_name(model) and not Path(model).is_dir():
+        if load_kwargs:
+            raise LlavaNbError(f"{model} is built, not loaded: a quantized (QLoRA) run needs a checkpoint folder, "
+                               "e.g. a stage-1 run's final_dir (train(..., stage=2) of a tiny name does that)")
         with _whole_model_construction():
             net = build_model(model)
             load_pretrained_parts(net)
         return net, load_tokenizer(), build_image_processor(net.config)
-    net = load_model(model)
+    net = load_model(model, **load_kwargs)
     folder = Path(model)
     if folder.is_dir() and not any((folder / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
         return net, load_tokenizer(), build_image_processor(net.config)
@@ -228,14 +231,18 @@ def _run_worker(spec: TrainSpec) -> None:
         force_fsdp_on_cpu(accelerator, accelerator_kwargs["fsdp_plugin"])
     set_seed(spec.seed)
     out = Path(spec.output_dir)
-    model, tokenizer, image_processor = load_for_training(spec.model, spec.stage)
-    freeze_for_stage(model, f"stage{spec.stage}")
+    model, tokenizer, image_processor = load_for_training(spec.model, spec.stage, **method.load_kwargs())
+    if method.adapter:  # peft decides what trains (adapters, the projector); 4-bit weights cannot require grads
+        model.requires_grad_(False)
+    else:
+        freeze_for_stage(model, f"stage{spec.stage}")
     if hp["unfreeze_vision"]:  # what LLaVA-NeXT's recipes do; also the DDP unused-parameter trap
         model.model.vision_tower.requires_grad_(True)
     if hp["gradient_checkpointing"]:
         model.activation_checkpointing_enable({"use_reentrant": False})
     model = method.prepare_model(model, hp)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before any engine shards them
+    quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in model.modules())  # not peft's wrappers
     template = hp["template"] or default_template(model.config, spec.stage)
     records = load_conversations(spec.data, spec.image_folder)
     dataset = ConversationDataset(records, tokenizer, model.config, template, hp["max_length"], image_processor)
@@ -306,6 +313,7 @@ def _run_worker(spec: TrainSpec) -> None:
               "spec": hp.get("_fingerprint")}
     result["engine"] = type(model).__name__  # DeepSpeedEngine, DistributedDataParallel, ...
     result["trainable_parameters"] = trainable
+    result["quantized_linears"] = quantized  # bitsandbytes layers in the trained model (QLoRA)
     # every process takes part: under ZeRO-3 and FSDP this gathers the sharded weights (whole on rank 0)
     state = accelerator.get_state_dict(model) if finished else None
     if accelerator.is_main_process:
@@ -319,7 +327,14 @@ def _run_worker(spec: TrainSpec) -> None:
 
                 save_lora(unwrapped, out / "adapter")
                 result["adapter_dir"] = str(out / "adapter")
-                unwrapped, state = unwrapped.merge_and_unload(), None
+                if method.load_kwargs():  # a quantized base: merge into the full-precision base, as one deploys it
+                    from .architectures import load_model
+                    from .lora import load_lora
+
+                    unwrapped = load_lora(load_model(spec.model), out / "adapter", merge=True)
+                else:
+                    unwrapped = unwrapped.merge_and_unload()
+                state = None
             unwrapped.save_pretrained(final, state_dict=state, safe_serialization=True)
             build_processor(unwrapped.config, tokenizer, image_processor=image_processor).save_pretrained(final)
             result["final_dir"] = str(final)
@@ -482,7 +497,9 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if stage not in (1, 2, "1", "2"):
         raise LlavaNbError(f"stage must be 1 or 2, got {stage!r}")
     stage = int(stage)
-    get_method(method)  # fail before any work on an unknown method
+    if get_method(method).adapter and stage == 1:  # fail before any work on an unknown method or a wrong stage
+        raise LlavaNbError(f"method {method!r} adds adapters to the LLM, which stage 1 does not train (it trains the "
+                           "projector alone): use it for stage 2, or method='ddp' for stage 1")
     model = str(model)
     tiny = tiny_name(model)
     eval_data = hyperparams.pop("eval_data", None)

@@ -95,7 +95,7 @@ def test_real_checkpoint_code_path(small_data, tmp_path):
 
 
 def test_errors(small_data, tmp_path):
-    with pytest.raises(llava_nb.UnknownMethodError, match="planned"):
+    with pytest.raises(llava_nb.LlavaNbError, match="stage 1 does not train"):
         train("tiny-llava-1.5", 1, method="qlora")
     with pytest.raises(llava_nb.UnknownMethodError, match="available: ddp, zero1"):
         train("tiny-llava-1.5", 1, method="zero4")
@@ -244,3 +244,25 @@ def test_lora_training_saves_an_adapter_that_reloads_onto_its_base_and_the_merge
         # training changed the model: the projector (trained in full) and the adapters
         base = llava_nb.load_model(s1["final_dir"]).eval()
         assert not torch.allclose(base(**batch).logits, merged(**batch).logits, atol=1e-4)
+
+
+def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(small_data, tmp_path):
+    """bitsandbytes NF4 on CPU, 2 processes: the LLM's Linears are Linear4bit while training; the adapter (with the
+    projector) then loads onto the full-precision stage-1 base, and the saved final model is that merge."""
+    pytest.importorskip("bitsandbytes")
+    from llava_nb.lora import load_lora
+    from llava_nb.measure import synthetic_batch
+
+    s1 = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+               output_dir=tmp_path / "s1", max_steps=2, **FAST)
+    r = train(s1["final_dir"], 2, method="qlora", data=small_data["instruct"], image_folder=small_data["image_folder"],
+              eval_data=small_data["test"], output_dir=tmp_path / "qlora", max_steps=3, lora_r=8, lora_alpha=16,
+              lr=2e-3, **{**FAST, "num_processes": 2})
+    assert r["engine"] == "DistributedDataParallel" and r["steps"] == 3
+    assert r["quantized_linears"] == 4 * 7  # every Linear of the 4 LLM blocks; not the projector, ViT or lm_head
+    merged = llava_nb.load_model(r["final_dir"]).eval()
+    adapted = load_lora(llava_nb.load_model(s1["final_dir"]).eval(), r["adapter_dir"]).eval()
+    batch = synthetic_batch(merged.config, 1, 60, torch.device("cpu"))
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-5)
