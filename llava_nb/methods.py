@@ -2,8 +2,8 @@
 
 A method says how the training processes share the work: which Accelerate settings (plugins, kwargs handlers) the
 ``Accelerator`` gets, and what happens to the model before ``accelerator.prepare`` (e.g. LoRA adapters). ``ddp``
-is the baseline: every process holds a full replica and gradients are all-reduced. Later chapters register
-``zero1``/``zero2``/``zero3`` (DeepSpeed), ``fsdp``, ``lora`` and ``qlora`` here.
+is the baseline: every process holds a full replica and gradients are all-reduced. Registered here: ``ddp``,
+``zero1``/``zero2``/``zero3``/``zero3-offload`` (DeepSpeed), ``fsdp`` (FSDP2), ``lora`` and ``qlora`` (peft).
 """
 
 from __future__ import annotations

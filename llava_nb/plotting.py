@@ -226,9 +226,9 @@ def plot_fsdp_timeline(ranks: list[list[dict]], ax=None):
     return fig
 
 
-def plot_engine_speed(rows: list[dict], ax=None):
-    """Grouped bars: tokens per second of each engine at each (micro-batch x sequence) point, MFU on the bars.
-    ``rows`` hold ``engine``, ``point``, ``tokens_per_s``, ``mfu``."""
+def plot_engine_speed(rows: list[dict], ax=None, title: str = "Training speed (MFU on each bar)"):
+    """Grouped bars: tokens per second of each engine at each (micro-batch x sequence) point, MFU on the bars where
+    known. ``rows`` hold ``engine``, ``point``, ``tokens_per_s`` and optionally ``mfu``."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(7.5, 4))
     points = list(dict.fromkeys(r["point"] for r in rows))
@@ -241,11 +241,12 @@ def plot_engine_speed(rows: list[dict], ax=None):
                 continue
             x = i + (j - (len(engines) - 1) / 2) * width
             ax.bar(x, r["tokens_per_s"], width, color=f"C{j}", label=engine if i == 0 else None)
-            ax.text(x, r["tokens_per_s"], f"{100 * r['mfu']:.0f}%", ha="center", va="bottom", fontsize=8)
+            if r.get("mfu") is not None:
+                ax.text(x, r["tokens_per_s"], f"{100 * r['mfu']:.0f}%", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(points)), points)
     ax.set_xlabel("micro-batch x sequence length per GPU")
     ax.set_ylabel("tokens per second (all GPUs)")
-    ax.set_title("Training speed (MFU on each bar)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
