@@ -47,6 +47,7 @@ def run(config: str, out_dir: str, max_steps: int = 4, micro_batch: int = 4, lr:
         max_steps=max_steps, learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0.03, weight_decay=0.0,
         logging_steps=1, save_strategy="no", report_to=[], seed=seed, dataloader_num_workers=0,
         disable_tqdm=True, **extra)
+    args.world_size  # noqa: B018 - reading it sets the process group up before the barrier below
     data = out / "data"
     if rank == 0 and not (data / "captions.json").exists():
         generate(data, n_images=n_images, n_test=1, seed=seed)
