@@ -13,9 +13,6 @@ from typing import Callable
 
 from .errors import UnknownMethodError
 
-PLANNED = ()
-
-
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -45,8 +42,7 @@ def register(method: Method) -> Method:
 def get_method(name: str) -> Method:
     if name in METHODS:
         return METHODS[name]
-    planned = f" ({name} is planned but not implemented yet)" if name in PLANNED else ""
-    raise UnknownMethodError(f"unknown training method {name!r}{planned}; available: {', '.join(METHODS)}")
+    raise UnknownMethodError(f"unknown training method {name!r}; available: {', '.join(METHODS)}")
 
 
 def _ddp_kwargs(hp: dict, facts: dict) -> dict:
@@ -97,12 +93,11 @@ def _fsdp_kwargs(hp: dict, facts: dict) -> dict:
     """Accelerate's ``FullyShardedDataParallelPlugin``, FSDP2: ``fully_shard`` on every ViT encoder layer and LLM
     decoder layer, then the root; parameters resharded after forward (ZeRO-3-like); sharded (DCP) checkpoints.
     With bf16, parameters are all-gathered and computed in bf16 and gradients reduce-scattered in fp32."""
-    import torch
     from accelerate import FullyShardedDataParallelPlugin
-    from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if hp["mixed_precision"] == "bf16" else None)
+    from .recipes import fsdp_mixed_precision
+
+    policy = fsdp_mixed_precision() if hp["mixed_precision"] == "bf16" else None
     return {"fsdp_plugin": FullyShardedDataParallelPlugin(
         fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=facts["block_classes"],
         reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT", mixed_precision_policy=policy)}

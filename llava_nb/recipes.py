@@ -208,15 +208,23 @@ def fsdp_block_classes(model) -> list[str]:
     return sorted({type(vision.encoder.layers[0]).__name__, type(parts["language_model"].layers[0]).__name__})
 
 
+def fsdp_mixed_precision():
+    """FSDP2's policy in our recipes: parameters all-gathered and computed in bf16, gradients reduce-scattered in
+    fp32 (the sharded fp32 parameters are the master weights)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
 def shard_fsdp(model: nn.Module, mesh=None) -> nn.Module:
     """FSDP2: ``fully_shard`` every LLM decoder layer and every ViT encoder layer, then the root.
 
     Sharding the ViT's encoder layers (not the whole vision tower) matters: a ``fully_shard`` on the tower module
     breaks transformers' hidden-state capture, which LLaVA needs for layer -2 (see the FSDP chapter).
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    policy = fsdp_mixed_precision()
     parts = model_parts(model)
     vision = getattr(parts["vision_tower"], "vision_model", parts["vision_tower"])
     for layer in list(vision.encoder.layers) + list(parts["language_model"].layers):

@@ -497,7 +497,8 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if stage not in (1, 2, "1", "2"):
         raise LlavaNbError(f"stage must be 1 or 2, got {stage!r}")
     stage = int(stage)
-    if get_method(method).adapter and stage == 1:  # fail before any work on an unknown method or a wrong stage
+    adapter = get_method(method).adapter  # fails before any work on an unknown method
+    if adapter and stage == 1:
         raise LlavaNbError(f"method {method!r} adds adapters to the LLM, which stage 1 does not train (it trains the "
                            "projector alone): use it for stage 2, or method='ddp' for stage 1")
     model = str(model)
@@ -507,7 +508,7 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if unknown:
         raise LlavaNbError(f"unknown hyperparameter(s) {sorted(unknown)}; known: "
                            f"{sorted(set(COMMON) | set(TINY_HYPERPARAMS[1]))}")
-    lora = TINY_LORA if tiny and stage == 2 and get_method(method).adapter else {}
+    lora = TINY_LORA if tiny and stage == 2 and adapter else {}
     hp = {**COMMON, **(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **lora, **hyperparams}
     if data is None:
         if not tiny:
@@ -525,7 +526,7 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if stage == 2 and tiny and not Path(model).is_dir():
         # stage 1 trains the projector alone: adapters have nothing to do there (LLaVA's LoRA runs start from the
         # same stage-1 projector as full fine-tuning)
-        prior_method = "ddp" if get_method(method).adapter else method
+        prior_method = "ddp" if adapter else method
         prior = train(model, 1, method=prior_method, seed=seed, **{k: v for k, v in hyperparams.items()
                                                                    if k in ("num_processes", "n_images", "n_test", "force")})
         model = prior["final_dir"]

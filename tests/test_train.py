@@ -13,6 +13,24 @@ from llava_nb.train import TrainingError, train
 FAST = dict(num_processes=1, batch_size=8, log_every=0, eval_max=10)
 
 
+def assert_same_weights(folder_a, folder_b, atol=None):
+    """Two saved models hold the same tensors: equal (``atol`` None) or within ``atol``."""
+    a, b = (llava_nb.load_model(f).state_dict() for f in (folder_a, folder_b))
+    same = torch.equal if atol is None else (lambda x, y: torch.allclose(x, y, atol=atol))
+    assert a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+
+
+def stopped_and_resumed(method, folder, **common):
+    """``method`` stopped after step 2 (a checkpoint every 2 steps) and resumed from that checkpoint in ``folder``;
+    the resumed run's result, with its last checkpoint."""
+    common = {**common, "save_every": 2}
+    train("tiny-llava-1.5", 1, method=method, output_dir=folder, stop_after=2, **common)
+    resumed = train("tiny-llava-1.5", 1, method=method, output_dir=folder,
+                    resume_from=str(folder / "checkpoints" / "step_2"), **common)
+    resumed["last_checkpoint"] = str(folder / "checkpoints" / f"step_{resumed['steps']}")
+    return resumed
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("syn"), n_images=48, n_test=10, seed=1)
@@ -63,9 +81,7 @@ def test_resume_gives_the_same_losses(small_data, tmp_path):
     resumed = train("tiny-llava-1.5", 1, output_dir=tmp_path / "cut", resume_from=str(checkpoint), **common)
     assert resumed["steps"] == 6 and len(resumed["losses"]) == 6
     assert resumed["losses"] == pytest.approx(full["losses"], abs=1e-6)
-    a = llava_nb.load_model(tmp_path / "full" / "final").state_dict()
-    b = llava_nb.load_model(tmp_path / "cut" / "final").state_dict()
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert_same_weights(tmp_path / "full" / "final", tmp_path / "cut" / "final", atol=1e-6)
 
 
 def test_v16_trains_with_anyres(tmp_path):
@@ -134,10 +150,7 @@ def deepspeed_runs(small_data, tmp_path_factory):
                   batch_size=8, log_every=0)
     runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, **common)
             for m in ("ddp", "zero2", "zero3", "zero3-offload")}
-    train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut", save_every=2, stop_after=2, **common)
-    runs["resumed"] = train("tiny-llava-1.5", 1, method="zero3", output_dir=tmp / "cut", save_every=2,
-                            resume_from=str(tmp / "cut" / "checkpoints" / "step_2"), **common)
-    runs["resumed"]["last_checkpoint"] = str(tmp / "cut" / "checkpoints" / "step_4")
+    runs["resumed"] = stopped_and_resumed("zero3", tmp / "cut", **common)
     return runs
 
 
@@ -153,9 +166,7 @@ def test_zero2_and_zero3_compute_the_same_training(deepspeed_runs):
     z2, z3, off, ddp = (deepspeed_runs[m]["losses"] for m in ("zero2", "zero3", "zero3-offload", "ddp"))
     assert len(z3) == 4 and z3 == pytest.approx(z2, abs=1e-5) and off == pytest.approx(z3, abs=1e-5)
     assert z3[0] == pytest.approx(ddp[0], abs=1e-6)
-    a = llava_nb.load_model(deepspeed_runs["zero2"]["final_dir"]).state_dict()
-    b = llava_nb.load_model(deepspeed_runs["zero3"]["final_dir"]).state_dict()
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert_same_weights(deepspeed_runs["zero2"]["final_dir"], deepspeed_runs["zero3"]["final_dir"], atol=1e-5)
 
 
 def test_zero3_resumes_from_its_sharded_checkpoint_with_the_same_losses(deepspeed_runs):
@@ -168,9 +179,7 @@ def test_zero3_checkpoint_consolidates_into_the_trained_model(deepspeed_runs, tm
 
     run = deepspeed_runs["resumed"]
     out = consolidate_zero_checkpoint(run["last_checkpoint"], run["final_dir"], tmp_path / "consolidated")
-    a = llava_nb.load_model(out).state_dict()
-    b = llava_nb.load_model(run["final_dir"]).state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(out, run["final_dir"])
     with pytest.raises(llava_nb.LlavaNbError, match="not a DeepSpeed checkpoint"):
         consolidate_zero_checkpoint(tmp_path, run["final_dir"], tmp_path / "x")
 
@@ -185,10 +194,7 @@ def fsdp_runs(small_data, tmp_path_factory):
     # the evaluation after training (from the saved model: the live one is sharded) runs too
     runs = {m: train("tiny-llava-1.5", 1, method=m, output_dir=tmp / m, eval_data=small_data["test"], eval_max=4,
                      **common) for m in ("ddp", "fsdp")}
-    train("tiny-llava-1.5", 1, method="fsdp", output_dir=tmp / "cut", stop_after=2, **common)
-    runs["resumed"] = train("tiny-llava-1.5", 1, method="fsdp", output_dir=tmp / "cut",
-                            resume_from=str(tmp / "cut" / "checkpoints" / "step_2"), **common)
-    runs["resumed"]["last_checkpoint"] = str(tmp / "cut" / "checkpoints" / "step_4")
+    runs["resumed"] = stopped_and_resumed("fsdp", tmp / "cut", **common)
     return runs
 
 
@@ -197,9 +203,7 @@ def test_fsdp_really_shards_and_computes_what_ddp_computes(fsdp_runs):
     assert fsdp_runs["fsdp"]["engine"] == "FSDPLlavaForConditionalGeneration"
     assert fsdp_runs["fsdp"]["losses"] == pytest.approx(fsdp_runs["ddp"]["losses"], abs=1e-5)
     assert fsdp_runs["fsdp"]["eval_accuracy"] == fsdp_runs["ddp"]["eval_accuracy"]
-    a = llava_nb.load_model(fsdp_runs["ddp"]["final_dir"]).state_dict()
-    b = llava_nb.load_model(fsdp_runs["fsdp"]["final_dir"]).state_dict()
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert_same_weights(fsdp_runs["ddp"]["final_dir"], fsdp_runs["fsdp"]["final_dir"], atol=1e-5)
     config = json.loads((Path(fsdp_runs["fsdp"]["final_dir"]) / "config.json").read_text())
     assert config["architectures"] == ["LlavaForConditionalGeneration"]  # not FSDP's wrapper class
 
@@ -215,9 +219,7 @@ def test_fsdp_checkpoint_consolidates_into_the_trained_model(fsdp_runs, tmp_path
 
     run = fsdp_runs["resumed"]
     out = consolidate_fsdp_checkpoint(run["last_checkpoint"], run["final_dir"], tmp_path / "consolidated")
-    a = llava_nb.load_model(out).state_dict()
-    b = llava_nb.load_model(run["final_dir"]).state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(out, run["final_dir"])
     with pytest.raises(llava_nb.LlavaNbError, match="not an FSDP"):
         consolidate_fsdp_checkpoint(tmp_path, run["final_dir"], tmp_path / "x")
     with pytest.raises(llava_nb.LlavaNbError, match="does not match"):
