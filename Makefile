@@ -9,6 +9,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(TORCH)
 CHAPTERS := $(sort $(wildcard book/*.ipynb))
+EXECUTED := _build/executed
 
 export LLAVA_NB_PROFILE := $(PROFILE)
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -16,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: all venv book test unit notebooks bench data constraints clean
+.PHONY: all venv book test unit notebooks built-book browser bench data constraints clean
 
 all: test
 
@@ -53,14 +54,23 @@ $(STAMP): pyproject.toml constraints.txt
 book: venv
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 
-# Unit tests, then every chapter under nbmake.
-test: unit notebooks
+# Unit tests; every chapter under nbmake; the HTML book built from the chapters nbmake has just executed (each runs
+# once); then every page of that book checked in headless Chromium, offline (skipped without Chromium, see README).
+test: unit notebooks built-book browser
 
 unit: venv
 	$(PY) -m pytest -q tests
 
+# nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite).
 notebooks: venv
-	$(PY) -m pytest -q --nbmake --nbmake-timeout=600 -p no:cacheprovider $(CHAPTERS)
+	$(PY) -m llava_nb.book_build $(EXECUTED) > /dev/null
+	$(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb
+
+built-book: venv
+	$(VENV)/bin/jupyter-book build $(EXECUTED) --warningiserror --nitpick --keep-going
+
+browser: venv
+	LLAVA_NB_BUILT_BOOK=$(EXECUTED)/_build/html $(PY) -m pytest -q -p no:cacheprovider tests/test_built_book.py
 
 # Time the tiny pipeline from nothing (data/benchmarks/tiny_pipeline.json) and each chapter's execution
 # (data/benchmarks/chapters.json).

@@ -83,3 +83,49 @@ def nf4_roundtrip(x: torch.Tensor, blocksize: int = 64, double: bool = True, lev
     if double:
         absmax = double_quantize(absmax)["absmax"]
     return dequantize_blockwise(indices, absmax, levels, blocksize, x.shape)
+
+
+def linear4bit_timing(in_features: int = 4096, out_features: int = 11008, tokens: int = 4096, device: str = "cuda",
+                      repeats: int = 20, seed: int = 0) -> dict:
+    """Milliseconds per call of one frozen Linear (LLaMA-7B's MLP shape by default) in bf16 and as a bitsandbytes
+    NF4 ``Linear4bit`` (double quantization, bf16 compute), forward alone and forward + backward to the input (what
+    LoRA's frozen base needs), plus ``dequantize_4bit`` of the weight alone.
+
+    ``Linear4bit`` dequantizes its whole weight to bf16 before each matrix product, in forward and again in
+    backward, so its extra time per call is about one dequantization per pass. Timed after ``repeats // 4`` warm-up
+    calls (CUDA-synchronised wall clock)."""
+    import time
+
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    dense = torch.nn.Linear(in_features, out_features, bias=False, dtype=torch.bfloat16)
+    q4 = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4",
+                           compress_statistics=True)
+    q4.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4",
+                                  compress_statistics=True)
+    dense, q4 = dense.to(device).requires_grad_(False), q4.to(device)  # moving a Params4bit quantizes it
+    x = torch.randn(tokens, in_features, dtype=torch.bfloat16, device=device, requires_grad=True)  # (tokens, in)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def ms(fn) -> float:
+        for _ in range(max(1, repeats // 4)):
+            fn()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / repeats * 1e3
+
+    out = {"in_features": in_features, "out_features": out_features, "tokens": tokens, "device": device.type}
+    for name, layer in (("bf16", dense), ("nf4", q4)):
+        out[f"{name}_forward_ms"] = ms(lambda: layer(x))
+        out[f"{name}_forward_backward_ms"] = ms(lambda: layer(x).sum().backward())
+    out["dequantize_ms"] = ms(lambda: dequantize_4bit(q4.weight.data, q4.weight.quant_state))
+    return out

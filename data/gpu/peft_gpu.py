@@ -1,0 +1,106 @@
+"""LoRA and QLoRA on one GPU: step time of the full-size llava-1.5-7b (random weights), why QLoRA is slower, and the
+paged-optimizer demonstration of the QLoRA chapter.
+
+    python data/gpu/peft_gpu.py --out $OUT/peft_gpu.jsonl
+
+Resumable: a record whose (kind, name) is already in ``peft_gpu.jsonl`` beside this file (or in ``--out``) is
+skipped. Records (one JSON line each, with the GPU name and library versions):
+
+* ``matmul``: the card's measured bf16 matrix rate (``throughput.matmul_tflops``);
+* ``measure``: ``python -m llava_nb.measure`` records for LoRA and QLoRA at the memory chapter's points (gradient
+  checkpointing on, each GPU capped at an 80 GB H100's 79.18 GiB as there), 8 steps, the last 4 split into forward,
+  backward and optimizer step;
+* ``linear4bit``: ``quant.linear4bit_timing`` for the 7B's Linear shapes (attention 4096 x 4096, MLP 4096 x 11008 and
+  11008 x 4096) at 4096 tokens: bf16 against NF4, and one dequantization;
+* ``paged``: ``python -m llava_nb.paged`` for each optimizer, one process each;
+* ``... error``: a run that failed, with the end of its stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DONE = HERE / "peft_gpu.jsonl"
+MODEL = "llava-1.5-7b"
+POINTS = "1x1024,2x2048,8x2048"  # the memory chapter's points (micro_batch x seq_len, 576 image tokens inside)
+H100_USABLE_GIB = 79.18
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (in, out): q/k/v/o, gate/up, down
+ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
+       "PYTHONUNBUFFERED": "1"}
+
+
+def done(*paths: Path) -> set:
+    keys = set()
+    for path in paths:
+        if path.exists():
+            keys |= {(r["kind"], r.get("name")) for r in map(json.loads, path.read_text().splitlines())}
+    return keys
+
+
+def append(out: Path, record: dict) -> None:
+    with open(out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps({k: record.get(k) for k in ("kind", "name", "micro_batch", "seq_len", "tflops", "oom")}),
+          flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--timeout", type=int, default=300)
+    a = p.parse_args()
+    import torch
+
+    from llava_nb.measure import versions
+    from llava_nb.quant import linear4bit_timing
+    from llava_nb.throughput import matmul_tflops
+
+    out = Path(a.out)
+    skip = done(DONE, out)
+    env = {**os.environ, **ENV}
+    base = {"gpus": 1, "versions": versions()}
+    if ("matmul", None) not in skip:
+        append(out, {**base, "kind": "matmul", "tflops": matmul_tflops(), "n": 8192, "dtype": "bfloat16"})
+    for shape in SHAPES:
+        name = f"{shape[0]}x{shape[1]}"
+        if ("linear4bit", name) not in skip:
+            append(out, {**base, "kind": "linear4bit", "name": name, **linear4bit_timing(*shape, tokens=4096)})
+            torch.cuda.empty_cache()
+    for method in ("lora", "qlora"):
+        if ("measure", method) in skip:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = Path(tmp) / "runs.jsonl"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
+                   "llava_nb.measure", "--model", MODEL, "--method", method, "--points", POINTS,
+                   "--steps", "8", "--phase-steps", "4", "--cap-gib", str(H100_USABLE_GIB), "--out", str(runs)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+            if not runs.exists():
+                append(out, {**base, "kind": "measure error", "name": method, "stderr": proc.stderr[-4000:]})
+                continue
+            for rec in map(json.loads, runs.read_text().splitlines()):
+                append(out, {**rec, "kind": "measure", "name": method})
+    from llava_nb.paged import OPTIMIZERS
+
+    for name in OPTIMIZERS:
+        if ("paged", name) in skip:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = Path(tmp) / "paged.jsonl"
+            proc = subprocess.run([sys.executable, "-m", "llava_nb.paged", "--optimizer", name, "--out", str(runs)],
+                                  env=env, capture_output=True, text=True, timeout=120)
+            if not runs.exists():
+                append(out, {**base, "kind": "paged error", "name": name, "stderr": proc.stderr[-4000:]})
+                continue
+            append(out, {**json.loads(runs.read_text()), "kind": "paged", "name": name})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The built book works offline: the JavaScript and fonts its pages need are served from the build, not a CDN.
+
+By default, Sphinx loads MathJax from jsDelivr, and myst-nb loads RequireJS from cdnjs and the ipywidgets embed
+manager (``@jupyter-widgets/html-manager``) from jsDelivr. A reader offline, or behind a firewall, then sees raw
+``$...$`` and "Loading widget..." placeholders. This Sphinx extension fetches pinned npm packages once (checked
+against the registry's sha512 integrity), unpacks the files the pages use into ``<cache>/book-assets/vendor`` and adds
+that folder to ``html_static_path``; ``_config.yml`` points ``mathjax_path`` and ``nb_ipywidgets_js`` at it::
+
+    sphinx:
+      extra_extensions: [llava_nb.book_assets]
+      config:
+        mathjax_path: vendor/mathjax/tex-mml-chtml.js
+        nb_ipywidgets_js: {vendor/require.js: {}, vendor/@jupyter-widgets/html-manager/dist/embed-amd.js: {}}
+
+``python -m llava_nb.book_assets`` fetches them ahead of a build (the only step that needs the network).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import urllib.request
+from pathlib import Path
+
+WIDGETS = "@jupyter-widgets/html-manager/dist"
+#: npm package -> (version, sha512 integrity from the registry, {path in the package: path under vendor/}).
+#: html-manager 1.0.x is the embed manager of ipywidgets 8 (widget protocol 2, @jupyter-widgets/controls 5).
+PACKAGES = {
+    "mathjax": ("3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw==",
+                {"es5/tex-mml-chtml.js": "mathjax/tex-mml-chtml.js", "es5/a11y/": "mathjax/a11y/",
+                 "es5/ui/": "mathjax/ui/", "es5/input/": "mathjax/input/", "es5/adaptors/": "mathjax/adaptors/",
+                 "es5/output/chtml/": "mathjax/output/chtml/", "es5/output/chtml.js": "mathjax/output/chtml.js"}),
+    "@jupyter-widgets/html-manager": (
+        "1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==",
+        # the embed manager loads its fonts from <data-jupyter-widgets-cdn>@jupyter-widgets/html-manager/dist/
+        {f"dist/{pattern}": f"{WIDGETS}/" + ("" if "*" in pattern else pattern) for pattern in
+         ("embed-amd.js", "*.woff2", "*.woff", "*.ttf", "*.eot", "*.svg")}),
+    "requirejs": ("2.3.7", "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw==",
+                  {"require.js": "require.js"}),
+}
+REGISTRY = os.environ.get("NPM_CONFIG_REGISTRY", "https://registry.npmjs.org").rstrip("/")
+
+
+def _tarball_url(name: str, version: str) -> str:
+    return f"{REGISTRY}/{name}/-/{name.split('/')[-1]}-{version}.tgz"
+
+
+def _check(blob: bytes, integrity: str, name: str) -> None:
+    algo, expected = integrity.split("-", 1)
+    got = base64.b64encode(hashlib.new(algo, blob).digest()).decode()
+    if got != expected:
+        raise RuntimeError(f"{name}: the downloaded tarball's {algo} is {got}, not the pinned {expected}; "
+                           "delete the cached copy and fetch again, or check NPM_CONFIG_REGISTRY")
+
+
+def _wanted(member: str, files: dict) -> str | None:
+    """The vendor path for a package member (``package/...``), or None."""
+    from fnmatch import fnmatch
+
+    path = member.split("/", 1)[1]
+    for pattern, target in files.items():
+        if pattern.endswith("/") and path.startswith(pattern):
+            return target + path[len(pattern):]
+        if path == pattern:
+            return target
+        if "*" in pattern and fnmatch(path, pattern) and "/" not in path[len(pattern.split("*")[0]):]:
+            return target + Path(path).name
+    return None
+
+
+def vendor_dir() -> Path:
+    from .train import CACHE_DIR
+
+    return CACHE_DIR / "book-assets" / "vendor"
+
+
+def fetch(dest: Path | None = None) -> Path:
+    """Unpack every package's files into ``dest`` (default ``vendor_dir()``), downloading each tarball once; returns
+    ``dest``. Nothing is fetched when ``dest`` already holds this pinned set (its ``.pins`` file)."""
+    dest = Path(dest) if dest else vendor_dir()
+    pins = json.dumps(PACKAGES, sort_keys=True, indent=1)  # versions, integrity and the files taken
+    stamp = dest / ".pins"
+    if stamp.exists() and stamp.read_text() == pins:
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, (version, integrity, files) in PACKAGES.items():
+        url = _tarball_url(name, version)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                blob = response.read()
+        except OSError as err:
+            raise RuntimeError(f"cannot fetch {url} ({err}); the book's offline assets come from the npm registry "
+                               "once, then from the cache. Run `python -m llava_nb.book_assets` where the registry "
+                               "is reachable, or set NPM_CONFIG_REGISTRY to a mirror") from err
+        _check(blob, integrity, f"{name}@{version}")
+        found = set()
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                target = _wanted(member.name, files) if member.isfile() else None
+                if target is None:
+                    continue
+                out = tmp / target
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(member).read())
+                found.add(target)
+        missing = [t for t in files.values() if not t.endswith("/") and t not in found]
+        if missing:
+            raise RuntimeError(f"{name}@{version} lacks {missing}")
+    (tmp / ".pins").write_text(pins)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def _add_static_path(app) -> None:
+    folder = fetch()
+    app.config.html_static_path.append(str(folder.parent))  # serves vendor/... from _static/vendor/...
+
+
+#: ipywidgets 8's embed manager typesets widget labels with MathJax 2's API, ``MathJax.Hub.Queue(["Typeset",
+#: MathJax.Hub, element])``; under MathJax 3 that throws "Cannot read properties of undefined (reading 'Queue')" and
+#: the widget is not drawn. This shim maps the call onto MathJax 3's ``typesetPromise``.
+MATHJAX2_SHIM = """document.addEventListener("DOMContentLoaded", function () {
+  if (window.MathJax && !window.MathJax.Hub) {
+    window.MathJax.Hub = {Queue: function (job) {
+      MathJax.startup.promise.then(function () { return MathJax.typesetPromise([job[2]]); });
+    }};
+  }
+});"""
+
+
+def _page_scripts(app, pagename, templatename, context, doctree) -> None:
+    """Per page: drop duplicated scripts; where widgets are, point RequireJS at the vendored manager and add the
+    MathJax 2 shim."""
+    from sphinx.builders.html._assets import _JavaScript
+
+    _dedupe_scripts(context)
+    scripts = context.get("script_files", [])
+    for i, script in enumerate(scripts):
+        if str(getattr(script, "filename", "")).endswith(f"{WIDGETS}/embed-amd.js"):
+            # The manager's webpack public path (its fonts) comes from its RequireJS module URL, which RequireJS
+            # resolves against the page, not against the script: map the module name to the vendored folder.
+            folder = context["pathto"](f"_static/vendor/{WIDGETS}", 1)
+            config = f"require.config({{paths: {{{json.dumps(WIDGETS)}: {json.dumps(folder)}}}}});"
+            scripts[i:i] = [_JavaScript(None, priority=script.priority, body=config),
+                            _JavaScript(None, priority=script.priority, body=MATHJAX2_SHIM)]
+            break
+    _default_mode(context)
+
+
+def _default_mode(context) -> None:
+    # pydata-sphinx-theme 0.17.1 under sphinx-book-theme 1.3.0 leaves the page's theme mode empty (the book theme does
+    # not pass a default), and then logs "Got invalid theme mode" as a console error on every page
+    if not context.get("default_mode"):
+        context["default_mode"] = "auto"
+
+
+def _dedupe_scripts(context) -> None:
+    # sphinx-thebe 0.3.1 adds its inline configuration script twice under Jupyter Book 1.0.4 (and
+    # sphinx-togglebutton its selector), so every page declares `const THEBE_JS_URL` twice: a SyntaxError in the console
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        # the second copy names its file '' where the first has None
+        key = (getattr(script, "filename", script) or "",
+               tuple(sorted((k, str(v)) for k, v in getattr(script, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"][:] = unique
+
+
+def setup(app) -> dict:
+    app.connect("builder-inited", _add_static_path)
+    app.connect("html-page-context", _page_scripts, priority=900)  # after myst-nb has added a page's widget scripts
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+if __name__ == "__main__":
+    print(fetch())

@@ -1,0 +1,79 @@
+"""The book's build helpers: launch buttons only for a real repository, the executed copy, the offline assets."""
+
+
+import pytest
+import yaml
+
+from llava_nb import book_assets
+from llava_nb.book_build import check_repository, executed_copy
+from llava_nb.paths import REPO_ROOT
+
+
+def test_no_buttons_need_no_repository():
+    check_repository({"repository_url": "https://github.com/executablebooks/jupyter-book",
+                      "launch_buttons": {"binderhub_url": "", "colab_url": "", "thebe": False}})
+
+
+@pytest.mark.parametrize("url", ["", "https://github.com/executablebooks/jupyter-book", "https://github.com/your-org/llava",
+                                 "https://github.com/<owner>/<name>", "github.com/a/b", "https://example.com/a/b"])
+def test_launch_buttons_refuse_a_placeholder_repository(url):
+    with pytest.raises(ValueError, match="repository") as err:
+        check_repository({"repository_url": url, "launch_buttons": {"binderhub_url": "https://mybinder.org"}})
+    assert "binderhub_url" in str(err.value) and "repository: url:" in str(err.value)
+
+
+def test_repository_buttons_also_need_a_real_repository():
+    with pytest.raises(ValueError, match="use_issues_button"):
+        check_repository({"repository_url": "https://github.com/executablebooks/jupyter-book",
+                          "use_issues_button": True})
+    check_repository({"repository_url": "https://github.com/llava-nb/llava-finetune-book", "use_issues_button": True,
+                      "launch_buttons": {"colab_url": "https://colab.research.google.com"}})
+
+
+def test_the_committed_config_builds():
+    """_config.yml turns on no button without a real repository (what the Sphinx extension checks at build time)."""
+    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
+    options = {**config.get("html", {}), "launch_buttons": config.get("launch_buttons", {}),
+               "repository_url": config.get("repository", {}).get("url", "")}
+    check_repository(options)
+    assert "llava_nb.book_build" in config["sphinx"]["extra_extensions"]
+
+
+def test_executed_copy_turns_execution_off_and_keeps_everything_else(tmp_path):
+    chapters = executed_copy(tmp_path / "exec")
+    assert [p.name for p in chapters] == sorted(p.name for p in (REPO_ROOT / "book").glob("*.ipynb"))
+    copy = yaml.safe_load((tmp_path / "exec" / "_config.yml").read_text())
+    original = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
+    assert copy["execute"]["execute_notebooks"] == "off"
+    copy["execute"]["execute_notebooks"] = original["execute"]["execute_notebooks"]
+    assert copy == original
+    assert (tmp_path / "exec" / "_toc.yml").read_text() == (REPO_ROOT / "_toc.yml").read_text()
+
+
+def test_vendored_file_mapping():
+    files = book_assets.PACKAGES["@jupyter-widgets/html-manager"][2]
+    assert book_assets._wanted("package/dist/embed-amd.js", files) == f"{book_assets.WIDGETS}/embed-amd.js"
+    assert book_assets._wanted("package/dist/abc.woff2", files) == f"{book_assets.WIDGETS}/abc.woff2"
+    assert book_assets._wanted("package/dist/embed.js", files) is None
+    mathjax = book_assets.PACKAGES["mathjax"][2]
+    assert book_assets._wanted("package/es5/input/tex/extensions/color.js", mathjax) == "mathjax/input/tex/extensions/color.js"
+    assert book_assets._wanted("package/es5/tex-svg.js", mathjax) is None
+
+
+def test_config_points_at_the_vendored_files():
+    config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["sphinx"]["config"]
+    targets = {t for _, _, files in book_assets.PACKAGES.values() for t in files.values()}
+    assert config["mathjax_path"].removeprefix("vendor/") in targets
+    for path in config["nb_ipywidgets_js"]:
+        assert path.removeprefix("vendor/") in targets, path
+
+
+def test_integrity_check_refuses_a_changed_tarball():
+    good = b"tarball bytes"
+    import base64
+    import hashlib
+
+    pin = "sha512-" + base64.b64encode(hashlib.sha512(good).digest()).decode()
+    book_assets._check(good, pin, "x@1")
+    with pytest.raises(RuntimeError, match="not the pinned"):
+        book_assets._check(good + b"!", pin, "x@1")

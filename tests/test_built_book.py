@@ -1,0 +1,225 @@
+"""The built HTML book as a reader sees it: every page in headless Chromium, offline, and every internal link.
+
+`make test` builds the book from the notebooks nbmake has just executed and runs this file with
+``LLAVA_NB_BUILT_BOOK`` set to the HTML folder; a plain ``pytest tests`` skips it. The browser test needs Chromium
+and ChromeDriver (Debian: ``apt-get install chromium chromium-driver``) and skips with that message without them.
+Screenshots go to ``LLAVA_NB_SCREENSHOTS`` (default: ``screenshots/`` beside the HTML folder).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import tempfile
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILT = os.environ.get("LLAVA_NB_BUILT_BOOK")
+pytestmark = pytest.mark.skipif(not BUILT, reason="the built-book tests run in `make test`, after it builds the book "
+                                "(set LLAVA_NB_BUILT_BOOK to a built book's HTML folder to run them alone)")
+HTML = Path(BUILT or ".").resolve()
+
+
+def toc_pages() -> list[str]:
+    """Every page of _toc.yml, as its HTML path relative to the build."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [f + ".html" for f in files]
+
+
+PAGES = toc_pages()
+#: what must never remain on a page: the embed manager's failure and loading text, a notebook's unrendered widget
+PLACEHOLDERS = ("Error displaying widget", "Loading widget", "Loading BokehJS")
+
+
+class _Refs(HTMLParser):
+    """ids and references (a href, img src, script src, link href) of one HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.refs = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("name"):
+            self.ids.add(attrs["name"])
+        for key in ("href", "src"):
+            if attrs.get(key) and tag in ("a", "img", "script", "link", "source", "iframe"):
+                self.refs.append((tag, attrs[key]))
+
+
+@functools.cache
+def parsed(path: Path) -> _Refs:
+    p = _Refs()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def test_every_toc_page_was_built():
+    missing = [p for p in PAGES if not (HTML / p).is_file()]
+    assert not missing, f"not in the build: {missing}"
+
+
+def test_internal_links_and_assets_resolve_and_nothing_comes_from_the_network():
+    broken, remote_assets, checked = [], [], 0
+    for page in sorted(HTML.rglob("*.html")):
+        if "_static" in page.parts or "_sources" in page.parts:
+            continue
+        for tag, ref in parsed(page).refs:
+            url = urlsplit(ref)
+            if url.scheme in ("http", "https", "mailto", "data", "javascript") or ref.startswith("//"):
+                if tag != "a" and url.scheme not in ("data",):
+                    remote_assets.append(f"{page.relative_to(HTML)}: <{tag}> {ref}")
+                continue
+            target = page if not url.path else (page.parent / unquote(url.path)).resolve()
+            checked += 1
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.exists():
+                broken.append(f"{page.relative_to(HTML)}: {ref} (no such file)")
+            elif url.fragment and target.suffix == ".html" and unquote(url.fragment) not in parsed(target).ids:
+                broken.append(f"{page.relative_to(HTML)}: {ref} (no id {url.fragment!r} in {target.name})")
+    assert checked > 100, f"only {checked} internal references found: is {HTML} a built book?"
+    assert not broken, "broken internal references:\n" + "\n".join(broken)
+    assert not remote_assets, "pages load assets from the network:\n" + "\n".join(remote_assets)
+
+
+# --- the browser --------------------------------------------------------------------------------------------------
+
+def _missing(message: str):
+    """Skip, or fail where the browser test must run (CI sets LLAVA_NB_REQUIRE_BROWSER)."""
+    (pytest.fail if os.environ.get("LLAVA_NB_REQUIRE_BROWSER") else pytest.skip)(message)
+
+
+def _chromium() -> tuple[str, str]:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _missing("selenium is not installed: `pip install -c constraints.txt -e '.[book]'` (make does)")
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        _missing("the browser test needs Chromium and ChromeDriver: on Debian or Ubuntu `sudo apt-get install "
+                    "chromium chromium-driver` (CI's .ci/run does), then `make test` again")
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def server():
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary, chromedriver = _chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="llava-nb-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1280,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+SHOTS = Path(os.environ.get("LLAVA_NB_SCREENSHOTS", HTML.parent / "screenshots"))
+
+# Runs in the page: waits for MathJax's typesetting and for the widget manager to replace every widget view, then
+# reports what the test checks.
+_INSPECT = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  const views = () => document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length;
+  const rendered = () => document.querySelectorAll('.jupyter-widgets').length;
+  for (let i = 0; i < 100 && views() > 0 && rendered() === 0; i++) { await new Promise(r => setTimeout(r, 100)); }
+  await new Promise(r => setTimeout(r, 300));
+  const imgs = [...document.querySelectorAll('main img')];
+  const math = [...document.querySelectorAll('main .math')];
+  const controls = document.querySelectorAll(
+    '.widget-slider, .widget-dropdown select, .widget-checkbox input, .widget-toggle-button, .widget-select select,'
+    + ' .widget-radio-box input, .widget-text input, .widget-inline-hbox input');
+  done({
+    title: document.querySelector('main h1') ? document.querySelector('main h1').innerText : null,
+    text: document.querySelector('main').innerText,
+    images: imgs.length,
+    broken_images: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
+    math: math.length,
+    untypeset_math: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 60)),
+    math_errors: document.querySelectorAll('mjx-merror').length,
+    widget_views: views(),
+    widgets: rendered(),
+    controls: controls.length,
+    unlabelled_sliders: [...document.querySelectorAll('.widget-slider')].filter(
+      s => !(s.querySelector('.widget-label') && s.querySelector('.widget-label').innerText.trim())).length,
+    resources: performance.getEntriesByType('resource').map(e => e.name),
+    height: document.documentElement.scrollHeight,
+  });
+})();
+"""
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_offline_in_chromium(page, server, browser):
+    browser.get(f"{server}/{page}")
+    info = browser.execute_async_script(_INSPECT)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.set_window_size(1280, min(max(info["height"], 900), 16000))
+    browser.save_screenshot(str(SHOTS / (Path(page).stem + ".png")))
+    browser.set_window_size(1280, 900)
+    logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "favicon.ico" not in e["message"]]
+
+    assert info["title"], f"{page}: no heading"
+    assert len(info["text"]) > 500, f"{page}: almost no text ({len(info['text'])} characters)"
+    outside = [r for r in info["resources"] if not r.startswith(server)]
+    assert not outside, f"{page} loaded resources from outside the build: {outside}"
+    assert not logs, f"{page}: browser errors: {[e['message'] for e in logs]}"
+    assert not info["broken_images"], f"{page}: figures that did not load: {info['broken_images']}"
+    assert not info["untypeset_math"] and not info["math_errors"], (
+        f"{page}: math left untypeset: {info['untypeset_math']} ({info['math_errors']} MathJax errors)")
+    if info["widget_views"]:
+        assert info["widgets"] > 0 and info["controls"] > 0, (
+            f"{page}: {info['widget_views']} saved widget views, but {info['widgets']} rendered widgets and "
+            f"{info['controls']} controls")
+        assert info["unlabelled_sliders"] == 0, f"{page}: {info['unlabelled_sliders']} sliders without a label"
+    shown = [p for p in PLACEHOLDERS if p in info["text"]]
+    assert not shown, f"{page} shows {shown}"
+
+
+def test_chapters_with_widgets_and_math_were_checked():
+    """The per-page checks are not vacuous: some pages hold widgets, math and figures."""
+    pages = {p: (HTML / p).read_text(encoding="utf-8") for p in PAGES}
+    assert sum("application/vnd.jupyter.widget-view+json" in t for t in pages.values()) >= 2
+    assert sum('class="math' in t for t in pages.values()) >= 3
+    assert sum(len(re.findall(r"<img ", t)) for t in pages.values()) >= 10
