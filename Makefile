@@ -9,7 +9,8 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(TORCH)
 CHAPTERS := $(sort $(wildcard book/*.ipynb))
-EXECUTED := _build/executed
+# not under _build: nbmake skips every notebook whose path has a _build folder
+EXECUTED := build/executed
 
 export LLAVA_NB_PROFILE := $(PROFILE)
 export HF_HUB_DISABLE_TELEMETRY := 1

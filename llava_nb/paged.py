@@ -79,7 +79,7 @@ def paged_optimizer_run(name: str, width: int = 4096, layers: int = 8, steps: in
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)  # keep the gradients' memory in place, so only the optimizer's changes
-        return float(loss)
+        return loss.item()
 
     model(x).pow(2).mean().backward()  # gradients exist before the baseline reading
     model.zero_grad(set_to_none=False)
@@ -116,6 +116,28 @@ def paged_optimizer_run(name: str, width: int = 4096, layers: int = 8, steps: in
             rec["step_s_after_eviction"] = time.perf_counter() - t0
             rec["driver_growth_after_step"] = _driver_used(device) - used0
     return rec
+
+
+def paged_rows(records: list[dict]) -> list[dict]:
+    """One row per ``paged_optimizer_run`` record measured on a GPU: the optimizer states' size, where torch says
+    they live, what each counter saw them add (GiB), and the step times (median after the first step)."""
+    import statistics
+
+    gib = 2**30
+    rows = []
+    for r in records:
+        row = {"optimizer": r["optimizer"], "state GiB": r["state_bytes"] / gib, "paged GiB": r["paged_bytes"] / gib,
+               "state tensors' device": ", ".join(r["state_device"]),
+               "memory_allocated growth GiB": r["allocated_growth"] / gib,
+               "max_memory_allocated growth GiB": r["peak_allocated_growth"] / gib,
+               "driver-counted growth GiB": r["driver_growth"] / gib,
+               "step s": statistics.median(r["step_s"][1:])}
+        if "driver_growth_evicted" in r:
+            row.update({"driver-counted, pages moved to host GiB": r["driver_growth_evicted"] / gib,
+                        "driver-counted, after the next step GiB": r["driver_growth_after_step"] / gib,
+                        "next step s": r["step_s_after_eviction"]})
+        rows.append(row)
+    return rows
 
 
 def main(argv=None) -> None:

@@ -98,21 +98,56 @@ def communication_bytes(model, method: str, world: int) -> dict:
     return out
 
 
-def load_engine_runs(path=None) -> dict:
-    """The records of ``data/gpu/engines_gpu.jsonl`` by kind: ``matmul`` ({gpu name: TFLOP/s}), ``measure``, ``tiny``."""
+def load_gpu_runs(path) -> dict:
+    """A GPU script's JSON-lines records by kind (``kind`` -> list), with ``matmul`` as {gpu name: TFLOP/s, the
+    mean over the machines measured}; ``path`` is relative to ``data/gpu/`` unless absolute."""
     import json
     from pathlib import Path
 
     from .paths import DATA_DIR
 
-    path = Path(path or DATA_DIR / "gpu" / "engines_gpu.jsonl")
-    out = {"matmul": {}, "measure": [], "tiny": []}
-    for rec in map(json.loads, path.read_text().splitlines()):
+    out, rates = {"matmul": {}, "measure": [], "tiny": []}, {}
+    for rec in map(json.loads, (DATA_DIR / "gpu" / Path(path)).read_text().splitlines()):
         if rec["kind"] == "matmul":
-            out["matmul"][rec["versions"]["gpu"]] = rec["tflops"]
-        elif rec["kind"] in ("measure", "tiny"):
-            out[rec["kind"]].append(rec)
+            rates.setdefault(rec["versions"]["gpu"], []).append(rec["tflops"])
+        else:
+            out.setdefault(rec["kind"], []).append(rec)
+    out["matmul"] = {gpu: statistics.mean(r) for gpu, r in rates.items()}
     return out
+
+
+def load_engine_runs(path=None) -> dict:
+    """``data/gpu/engines_gpu.jsonl`` (ZeRO-3 against FSDP2) through ``load_gpu_runs``: ``matmul``, ``measure``,
+    ``tiny``."""
+    return load_gpu_runs(path or "engines_gpu.jsonl")
+
+
+def dequant_seconds(linear: list[dict], model: str = "llava-1.5-7b", checkpointing: bool = True) -> float:
+    """Seconds per training step that NF4 adds to the LLM's frozen Linears, predicted from one-layer timings.
+
+    ``linear`` holds ``quant.linear4bit_timing`` records, one per Linear shape (in, out). A frozen ``Linear4bit``
+    costs ``nf4 - bf16`` more than a bf16 Linear per forward + backward (its weight is dequantized in each), and
+    with gradient checkpointing the forward runs once more in backward::
+
+        extra = layers * sum over the layer's Linears of (fb_nf4 - fb_bf16) + checkpointing * (f_nf4 - f_bf16)
+    """
+    from .architectures import get_config
+
+    text = get_config(model).text_config
+    h, i = text.hidden_size, text.intermediate_size
+    kv = h // text.num_attention_heads * getattr(text, "num_key_value_heads", text.num_attention_heads)
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q, k, v, o, gate, up, down
+    by_shape = {(r["in_features"], r["out_features"]): r for r in linear}
+    missing = sorted(set(shapes) - set(by_shape))
+    if missing:
+        raise ValueError(f"no linear4bit timing for the shapes {missing} of {model}")
+    per_layer = 0.0
+    for shape in shapes:
+        r = by_shape[shape]
+        per_layer += r["nf4_forward_backward_ms"] - r["bf16_forward_backward_ms"]
+        if checkpointing:
+            per_layer += r["nf4_forward_ms"] - r["bf16_forward_ms"]
+    return text.num_hidden_layers * per_layer / 1e3
 
 
 def speed_rows(records: list[dict], tflops: dict, warmup: int = 2) -> list[dict]:
@@ -140,6 +175,7 @@ def phase_rows(records: list[dict]) -> list[dict]:
             continue
         med = {k: statistics.median(p[k] for p in r["phase_s"]) for k in ("forward", "backward", "step")}
         ckpt = "" if r["grad_checkpointing"] else ", no checkpointing"
-        rows.append({"label": f"{r['method']} {r['micro_batch']}x{r['seq_len']}{ckpt}", "method": r["method"],
-                     "point": f"{r['micro_batch']}x{r['seq_len']}", "checkpointing": r["grad_checkpointing"], **med})
+        rows.append({"label": f"{r['method']}, {r['gpus']} GPUs, {r['micro_batch']}x{r['seq_len']}{ckpt}",
+                     "method": r["method"], "gpus": r["gpus"], "point": f"{r['micro_batch']}x{r['seq_len']}",
+                     "checkpointing": r["grad_checkpointing"], **med})
     return rows
