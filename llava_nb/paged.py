@@ -58,16 +58,17 @@ def _driver_used(device: torch.device) -> int:
 
 
 def paged_optimizer_run(name: str, width: int = 4096, layers: int = 8, steps: int = 4, device: str = "cuda",
-                        seed: int = 0) -> dict:
+                        seed: int = 0, evict: bool = False) -> dict:
     """Train ``layers`` fp32 ``Linear(width, width)`` layers for ``steps`` steps with optimizer ``name``; report
     where its states live and what each memory counter sees.
 
     With the defaults: 8 x 4096^2 = 134M parameters, 0.54 GB of weights, 1.07 GB of 32-bit Adam states. The
     record holds ``state_bytes`` (all state tensors), ``paged_bytes`` (those in managed memory), ``state_device``
     (what the tensors report), the losses, mean step seconds, and on CUDA the growth from creating the optimizer
-    and stepping it, as ``memory_allocated``, ``max_memory_allocated`` and the driver count it; then for a paged
-    optimizer, the driver's count after moving every paged state to host memory, after the next step, and that
-    step's seconds."""
+    and stepping it, as ``memory_allocated``, ``max_memory_allocated`` and the driver count it; then, with
+    ``evict``, for a paged optimizer, the driver's count after moving every paged state to host memory, after the
+    next step, and that step's seconds. (``evict`` kills the process on CUDA 13 with bitsandbytes 0.50.2: its
+    ``prefetch_tensor(..., to_cpu=True)`` fails with "invalid device ordinal"; ``data/gpu/paged_probe.py``.)"""
     device = torch.device(device)
     cuda = device.type == "cuda"
     torch.manual_seed(seed)
@@ -104,7 +105,7 @@ def paged_optimizer_run(name: str, width: int = 4096, layers: int = 8, steps: in
         rec.update(allocated_growth=torch.cuda.memory_allocated(device) - alloc0,
                    peak_allocated_growth=torch.cuda.max_memory_allocated(device) - alloc0,
                    driver_growth=_driver_used(device) - used0, gpu=torch.cuda.get_device_name(device))
-        if paged:
+        if paged and evict:
             from bitsandbytes.functional import prefetch_tensor
 
             for t in paged:
@@ -147,11 +148,12 @@ def main(argv=None) -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--evict", action="store_true", help="move the paged states to host memory, then step once more")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     from .measure import versions
 
-    rec = paged_optimizer_run(a.optimizer, a.width, a.layers, a.steps, a.device)
+    rec = paged_optimizer_run(a.optimizer, a.width, a.layers, a.steps, a.device, evict=a.evict)
     rec["versions"] = versions()
     with open(a.out, "a") as f:
         f.write(json.dumps(rec) + "\n")

@@ -12,7 +12,8 @@ skipped. Records (one JSON line each, with the GPU name and library versions):
   backward and optimizer step;
 * ``linear4bit``: ``quant.linear4bit_timing`` for the 7B's Linear shapes (attention 4096 x 4096, MLP 4096 x 11008 and
   11008 x 4096) at 4096 tokens: bf16 against NF4, and one dequantization;
-* ``paged``: ``python -m llava_nb.paged`` for each optimizer, one process each;
+* ``paged``: ``python -m llava_nb.paged`` for each optimizer, one process each (without ``--evict``: see
+  ``paged_probe.py``);
 * ``... error``: a run that failed, with the end of its stderr.
 """
 
