@@ -16,7 +16,8 @@ export LLAVA_NB_PROFILE := $(PROFILE)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
+# No MPLBACKEND here: set to Agg it would replace the kernels' inline backend, and the chapters' figures would not
+# appear in the book (the browser test counts them).
 
 .PHONY: all venv book test unit notebooks built-book browser bench data constraints clean
 
@@ -60,7 +61,7 @@ book: venv
 test: unit notebooks built-book browser
 
 unit: venv
-	$(PY) -m pytest -q tests
+	MPLBACKEND=Agg $(PY) -m pytest -q tests
 
 # nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite).
 notebooks: venv

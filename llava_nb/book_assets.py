@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 WIDGETS = "@jupyter-widgets/html-manager/dist"
-#: npm package -> (version, sha512 integrity from the registry, {path in the package: path under vendor/}).
+#: npm package -> (version, sha512 integrity from the registry, {path in the package: path(s) under vendor/}).
 #: html-manager 1.0.x is the embed manager of ipywidgets 8 (widget protocol 2, @jupyter-widgets/controls 5).
 PACKAGES = {
     "mathjax": ("3.2.2", "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw==",
@@ -37,9 +37,9 @@ PACKAGES = {
                  "es5/output/chtml/": "mathjax/output/chtml/", "es5/output/chtml.js": "mathjax/output/chtml.js"}),
     "@jupyter-widgets/html-manager": (
         "1.0.15", "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==",
-        # the embed manager loads its fonts from <data-jupyter-widgets-cdn>@jupyter-widgets/html-manager/dist/
-        {f"dist/{pattern}": f"{WIDGETS}/" + ("" if "*" in pattern else pattern) for pattern in
-         ("embed-amd.js", "*.woff2", "*.woff", "*.ttf", "*.eot", "*.svg")}),
+        # the manager's bundled modules load the same fonts relative to two module folders (see _page_scripts)
+        {"dist/embed-amd.js": f"{WIDGETS}/embed-amd.js",
+         **{f"dist/*.{ext}": (f"{WIDGETS}/", "@jupyter-widgets/") for ext in ("woff2", "woff", "ttf", "eot", "svg")}}),
     "requirejs": ("2.3.7", "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw==",
                   {"require.js": "require.js"}),
 }
@@ -58,19 +58,19 @@ def _check(blob: bytes, integrity: str, name: str) -> None:
                            "delete the cached copy and fetch again, or check NPM_CONFIG_REGISTRY")
 
 
-def _wanted(member: str, files: dict) -> str | None:
-    """The vendor path for a package member (``package/...``), or None."""
+def _wanted(member: str, files: dict):
+    """The vendor paths for a package member (``package/...``): none, one, or one per target folder."""
     from fnmatch import fnmatch
 
     path = member.split("/", 1)[1]
-    for pattern, target in files.items():
-        if pattern.endswith("/") and path.startswith(pattern):
-            return target + path[len(pattern):]
-        if path == pattern:
-            return target
-        if "*" in pattern and fnmatch(path, pattern) and "/" not in path[len(pattern.split("*")[0]):]:
-            return target + Path(path).name
-    return None
+    for pattern, targets in files.items():
+        for target in (targets,) if isinstance(targets, str) else targets:
+            if pattern.endswith("/") and path.startswith(pattern):
+                yield target + path[len(pattern):]
+            elif path == pattern:
+                yield target
+            elif "*" in pattern and fnmatch(path, pattern) and "/" not in path[len(pattern.split("*")[0]):]:
+                yield target + Path(path).name
 
 
 def vendor_dir() -> Path:
@@ -102,14 +102,12 @@ def fetch(dest: Path | None = None) -> Path:
         found = set()
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
             for member in tar.getmembers():
-                target = _wanted(member.name, files) if member.isfile() else None
-                if target is None:
-                    continue
-                out = tmp / target
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(tar.extractfile(member).read())
-                found.add(target)
-        missing = [t for t in files.values() if not t.endswith("/") and t not in found]
+                for target in _wanted(member.name, files) if member.isfile() else ():
+                    out = tmp / target
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(tar.extractfile(member).read())
+                    found.add(target)
+        missing = [t for t in files.values() if isinstance(t, str) and not t.endswith("/") and t not in found]
         if missing:
             raise RuntimeError(f"{name}@{version} lacks {missing}")
     (tmp / ".pins").write_text(pins)
@@ -144,10 +142,10 @@ def _page_scripts(app, pagename, templatename, context, doctree) -> None:
     scripts = context.get("script_files", [])
     for i, script in enumerate(scripts):
         if str(getattr(script, "filename", "")).endswith(f"{WIDGETS}/embed-amd.js"):
-            # The manager's webpack public path (its fonts) comes from its RequireJS module URL, which RequireJS
-            # resolves against the page, not against the script: map the module name to the vendored folder.
-            folder = context["pathto"](f"_static/vendor/{WIDGETS}", 1)
-            config = f"require.config({{paths: {{{json.dumps(WIDGETS)}: {json.dumps(folder)}}}}});"
+            # The manager's webpack public paths (its fonts) come from its RequireJS module URLs, which RequireJS
+            # resolves against the page, not against the script: map the module names to the vendored folder.
+            folder = context["pathto"]("_static/vendor/@jupyter-widgets", 1)
+            config = f"require.config({{paths: {{'@jupyter-widgets': {json.dumps(folder)}}}}});"
             scripts[i:i] = [_JavaScript(None, priority=script.priority, body=config),
                             _JavaScript(None, priority=script.priority, body=MATHJAX2_SHIM)]
             break

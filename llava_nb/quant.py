@@ -129,3 +129,35 @@ def linear4bit_timing(in_features: int = 4096, out_features: int = 11008, tokens
         out[f"{name}_forward_backward_ms"] = ms(lambda: layer(x).sum().backward())
     out["dequantize_ms"] = ms(lambda: dequantize_4bit(q4.weight.data, q4.weight.quant_state))
     return out
+
+
+def hidden_state_dtypes(model, seq_len: int = 60) -> dict:
+    """The dtype of what enters the first decoder layer's attention and MLP, the last decoder layer, and ``lm_head``
+    during one training-mode forward of a synthetic batch (forward pre-hooks; a peft model is looked through).
+
+    After peft's ``prepare_model_for_kbit_training`` the RMSNorm weights are fp32, and Llama's RMSNorm returns
+    ``weight * normalized.to(input_dtype)``, so from the first norm on the hidden states are fp32."""
+    from .measure import synthetic_batch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.model.language_model.layers
+    seen = {}
+
+    def record(name):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            seen.setdefault(name, str(x.dtype).removeprefix("torch."))
+        return hook
+
+    points = {"attention input": layers[0].self_attn, "MLP input": layers[0].mlp, "last layer input": layers[-1],
+              "lm_head input": base.lm_head}
+    hooks = [m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in points.items()]
+    try:
+        model.train()
+        batch = synthetic_batch(base.config, 1, seq_len, next(base.parameters()).device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            model(**batch, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen

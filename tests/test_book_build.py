@@ -52,17 +52,20 @@ def test_executed_copy_turns_execution_off_and_keeps_everything_else(tmp_path):
 
 def test_vendored_file_mapping():
     files = book_assets.PACKAGES["@jupyter-widgets/html-manager"][2]
-    assert book_assets._wanted("package/dist/embed-amd.js", files) == f"{book_assets.WIDGETS}/embed-amd.js"
-    assert book_assets._wanted("package/dist/abc.woff2", files) == f"{book_assets.WIDGETS}/abc.woff2"
-    assert book_assets._wanted("package/dist/embed.js", files) is None
+    def wanted(member, files):
+        return list(book_assets._wanted(member, files))
+
+    assert wanted("package/dist/embed-amd.js", files) == [f"{book_assets.WIDGETS}/embed-amd.js"]
+    assert wanted("package/dist/abc.woff2", files) == [f"{book_assets.WIDGETS}/abc.woff2", "@jupyter-widgets/abc.woff2"]
+    assert wanted("package/dist/embed.js", files) == []
     mathjax = book_assets.PACKAGES["mathjax"][2]
-    assert book_assets._wanted("package/es5/input/tex/extensions/color.js", mathjax) == "mathjax/input/tex/extensions/color.js"
-    assert book_assets._wanted("package/es5/tex-svg.js", mathjax) is None
+    assert wanted("package/es5/input/tex/extensions/color.js", mathjax) == ["mathjax/input/tex/extensions/color.js"]
+    assert wanted("package/es5/tex-svg.js", mathjax) == []
 
 
 def test_config_points_at_the_vendored_files():
     config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["sphinx"]["config"]
-    targets = {t for _, _, files in book_assets.PACKAGES.values() for t in files.values()}
+    targets = {t for _, _, files in book_assets.PACKAGES.values() for t in files.values() if isinstance(t, str)}
     assert config["mathjax_path"].removeprefix("vendor/") in targets
     for path in config["nb_ipywidgets_js"]:
         assert path.removeprefix("vendor/") in targets, path

@@ -41,3 +41,20 @@ def test_double_quantization_keeps_the_constants_and_nf4_beats_int4_on_normal_we
     nf4 = (nf4_roundtrip(w, double=False) - w).pow(2).mean()
     int4 = (nf4_roundtrip(w, double=False, levels=int4_levels()) - w).pow(2).mean()
     assert nf4 < 0.85 * int4
+
+
+@pytest.mark.filterwarnings("ignore")  # bitsandbytes' CPU kernels announce an optional package
+def test_qlora_preparation_turns_the_hidden_states_to_fp32(tmp_path):
+    """peft's prepare_model_for_kbit_training casts the RMSNorm weights to fp32, and the hidden states follow: the
+    QLoRA chapter's explanation of why QLoRA's steps slow down with the tokens, not only by the dequantization."""
+    import llava_nb
+    from llava_nb.quant import hidden_state_dtypes
+    from llava_nb.recipes import prepare_model, qlora_quantization_config
+
+    llava_nb.build_model(llava_nb.profile_model("v1.5", "tiny"), seed=0).save_pretrained(tmp_path)
+    lora = hidden_state_dtypes(prepare_model(llava_nb.load_model(tmp_path, dtype=torch.bfloat16), "lora"))
+    qlora = hidden_state_dtypes(prepare_model(llava_nb.load_model(
+        tmp_path, dtype=torch.bfloat16, quantization_config=qlora_quantization_config()), "qlora"))
+    assert set(lora.values()) == {"bfloat16"}
+    assert set(qlora.values()) == {"float32"}
+    assert set(qlora) == {"attention input", "MLP input", "last layer input", "lm_head input"}
