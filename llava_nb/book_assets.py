@@ -116,9 +116,13 @@ def fetch(dest: Path | None = None) -> Path:
     return dest
 
 
+STYLE = Path(__file__).with_name("book_static")  # the book's own CSS (llava-nb.css)
+
+
 def _add_static_path(app) -> None:
     folder = fetch()
     app.config.html_static_path.append(str(folder.parent))  # serves vendor/... from _static/vendor/...
+    app.config.html_static_path.append(str(STYLE))
 
 
 #: ipywidgets 8's embed manager typesets widget labels with MathJax 2's API, ``MathJax.Hub.Queue(["Typeset",
@@ -175,6 +179,7 @@ def _dedupe_scripts(context) -> None:
 
 def setup(app) -> dict:
     app.connect("builder-inited", _add_static_path)
+    app.add_css_file("llava-nb.css")
     app.connect("html-page-context", _page_scripts, priority=900)  # after myst-nb has added a page's widget scripts
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
