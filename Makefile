@@ -93,4 +93,4 @@ constraints: venv
 	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(llava|-e |pip==|setuptools==|wheel==)' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build build .pytest_cache
