@@ -184,6 +184,10 @@ const done = arguments[arguments.length - 1];
     unlabelled_sliders: [...document.querySelectorAll('.widget-slider')].filter(
       s => !(s.querySelector('.widget-label') && s.querySelector('.widget-label').innerText.trim())).length,
     resources: performance.getEntriesByType('resource').map(e => e.name),
+    overflowing: [...document.querySelectorAll('main table.table, main div.cell_input pre, main div.cell_output pre')]
+      .filter(e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right >
+                   document.querySelector('main').getBoundingClientRect().right + 1)
+      .map(e => e.tagName + ': ' + e.innerText.slice(0, 60)),
     height: document.documentElement.scrollHeight,
   });
 })();
@@ -206,6 +210,7 @@ def test_page_renders_offline_in_chromium(page, server, browser):
     assert not outside, f"{page} loaded resources from outside the build: {outside}"
     assert not logs, f"{page}: browser errors: {[e['message'] for e in logs]}"
     assert not info["broken_images"], f"{page}: figures that did not load: {info['broken_images']}"
+    assert not info["overflowing"], f"{page}: content wider than the page: {info['overflowing']}"
     assert not info["untypeset_math"] and not info["math_errors"], (
         f"{page}: math left untypeset: {info['untypeset_math']} ({info['math_errors']} MathJax errors)")
     if info["widget_views"]:
