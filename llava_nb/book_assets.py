@@ -13,6 +13,11 @@ that folder to ``html_static_path``; ``_config.yml`` points ``mathjax_path`` and
         nb_ipywidgets_js: {vendor/require.js: {}, vendor/@jupyter-widgets/html-manager/dist/embed-amd.js: {}}
 
 ``python -m llava_nb.book_assets`` fetches them ahead of a build (the only step that needs the network).
+
+It also adds the book's own CSS (``book_static/llava-nb.css``) and works around three library bugs that the browser
+test (``tests/test_built_book.py``) found, each at its fix below: sphinx-thebe's configuration script included
+twice (a JavaScript SyntaxError on every page), pydata-sphinx-theme's empty theme mode (a console error on every
+page), and the ipywidgets embed manager's call of MathJax 2's API (widgets not drawn under MathJax 3).
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ MATHJAX2_SHIM = """document.addEventListener("DOMContentLoaded", function () {
 def _page_scripts(app, pagename, templatename, context, doctree) -> None:
     """Per page: drop duplicated scripts; where widgets are, point RequireJS at the vendored manager and add the
     MathJax 2 shim."""
-    from sphinx.builders.html._assets import _JavaScript
+    from sphinx.builders.html._assets import _JavaScript  # what add_js_file makes (private in Sphinx 7.4)
 
     _dedupe_scripts(context)
     scripts = context.get("script_files", [])
@@ -164,8 +169,8 @@ def _default_mode(context) -> None:
 
 
 def _dedupe_scripts(context) -> None:
-    # sphinx-thebe 0.3.1 adds its inline configuration script twice under Jupyter Book 1.0.4 (and
-    # sphinx-togglebutton its selector), so every page declares `const THEBE_JS_URL` twice: a SyntaxError in the console
+    # sphinx-thebe 0.3.1 adds its inline configuration script twice under Jupyter Book 1.0.4 (and sphinx-togglebutton
+    # its selector), so every page declares `const THEBE_JS_URL` twice: a SyntaxError in the browser's console
     seen, unique = set(), []
     for script in context.get("script_files", []):
         # the second copy names its file '' where the first has None
