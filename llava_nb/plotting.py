@@ -128,9 +128,10 @@ def plot_memory_breakdown(estimates: dict, ax=None, gpu_memory_gib: float | None
             bottom += gib
         ax.text(x, bottom, f"{est.peak_gib:.1f}", ha="center", va="bottom", fontsize=9)
     if gpu_memory_gib:
-        ax.axhline(gpu_memory_gib * (1 - headroom), color="k", ls="--", lw=1)
-        ax.text(len(estimates) - 0.5, gpu_memory_gib * (1 - headroom), f" usable {gpu_memory_gib * (1 - headroom):.1f}",
-                va="bottom", ha="right", fontsize=9)
+        usable = gpu_memory_gib * (1 - headroom)
+        ax.axhline(usable, color="k", ls="--", lw=1)
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1.12 * usable))  # room for the label above the line
+        ax.text(len(estimates) - 0.6, usable, f"usable {usable:.1f}", va="bottom", ha="right", fontsize=9)
     ax.set_xticks(range(len(estimates)), list(estimates), rotation=20, ha="right")
     ax.set_ylabel("GiB per GPU (busiest rank)")
     ax.set_title(title or "steady (solid) + peak transients (hatched)")
