@@ -80,3 +80,17 @@ def test_integrity_check_refuses_a_changed_tarball():
     book_assets._check(good, pin, "x@1")
     with pytest.raises(RuntimeError, match="not the pinned"):
         book_assets._check(good + b"!", pin, "x@1")
+
+
+def test_the_sphinx_hook_turns_a_placeholder_into_a_config_error():
+    from types import SimpleNamespace
+
+    from sphinx.errors import ConfigError
+
+    from llava_nb.book_build import _check_config
+
+    placeholder = SimpleNamespace(html_theme_options={"repository_url": "https://github.com/executablebooks/jupyter-book",
+                                                      "launch_buttons": {"colab_url": "https://colab.research.google.com"}})
+    with pytest.raises(ConfigError, match="placeholder repository"):
+        _check_config(None, placeholder)
+    _check_config(None, SimpleNamespace(html_theme_options={"launch_buttons": {"binderhub_url": ""}}))
