@@ -19,7 +19,8 @@ from .paths import REPO_ROOT
 #: the buttons that link to the repository: sphinx-book-theme's options and launch_buttons' keys
 REPOSITORY_BUTTONS = ("use_repository_button", "use_issues_button", "use_edit_page_button", "use_download_button_repo")
 LAUNCH_KEYS = ("binderhub_url", "jupyterhub_url", "colab_url", "deepnote_url", "thebe")
-_REPOSITORY = re.compile(r"^https://(github\.com|gitlab\.com|codeberg\.org|bitbucket\.org)/([\w.-]+)/([\w.-]+?)(\.git)?/?$")
+_REPOSITORY = re.compile(r"^https://(github\.com|gitlab\.com|codeberg\.org|bitbucket\.org)"
+                         r"/([\w.-]+)/([\w.-]+?)(\.git)?/?$")
 _PLACEHOLDER_OWNERS = {"executablebooks", "your-org", "your-name", "yourname", "username", "user", "owner", "org",
                        "example", "organization", "todo", "xxx"}
 

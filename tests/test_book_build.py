@@ -14,8 +14,9 @@ def test_no_buttons_need_no_repository():
                       "launch_buttons": {"binderhub_url": "", "colab_url": "", "thebe": False}})
 
 
-@pytest.mark.parametrize("url", ["", "https://github.com/executablebooks/jupyter-book", "https://github.com/your-org/llava",
-                                 "https://github.com/<owner>/<name>", "github.com/a/b", "https://example.com/a/b"])
+@pytest.mark.parametrize("url", ["", "https://github.com/executablebooks/jupyter-book",
+                                 "https://github.com/your-org/llava", "https://github.com/<owner>/<name>",
+                                 "github.com/a/b", "https://example.com/a/b"])
 def test_launch_buttons_refuse_a_placeholder_repository(url):
     with pytest.raises(ValueError, match="repository") as err:
         check_repository({"repository_url": url, "launch_buttons": {"binderhub_url": "https://mybinder.org"}})
@@ -89,8 +90,9 @@ def test_the_sphinx_hook_turns_a_placeholder_into_a_config_error():
 
     from llava_nb.book_build import _check_config
 
-    placeholder = SimpleNamespace(html_theme_options={"repository_url": "https://github.com/executablebooks/jupyter-book",
-                                                      "launch_buttons": {"colab_url": "https://colab.research.google.com"}})
+    options = {"repository_url": "https://github.com/executablebooks/jupyter-book",
+               "launch_buttons": {"colab_url": "https://colab.research.google.com"}}
+    placeholder = SimpleNamespace(html_theme_options=options)
     with pytest.raises(ConfigError, match="placeholder repository"):
         _check_config(None, placeholder)
     _check_config(None, SimpleNamespace(html_theme_options={"launch_buttons": {"binderhub_url": ""}}))
