@@ -31,6 +31,21 @@ def stopped_and_resumed(method, folder, **common):
     return resumed
 
 
+def assert_merged_equals_adapted(result, base_dir):
+    """An adapter run's saved final model (the merge) gives the logits of its adapter loaded onto ``base_dir``;
+    returns the merged model and the synthetic batch it was checked on."""
+    from llava_nb.lora import load_lora
+    from llava_nb.measure import synthetic_batch
+
+    merged = llava_nb.load_model(result["final_dir"]).eval()
+    adapted = load_lora(llava_nb.load_model(base_dir).eval(), result["adapter_dir"]).eval()
+    batch = synthetic_batch(merged.config, 1, 60, torch.device("cpu"))
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-5)
+    return merged, batch
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("syn"), n_images=48, n_test=10, seed=1)
@@ -227,9 +242,6 @@ def test_fsdp_checkpoint_consolidates_into_the_trained_model(fsdp_runs, tmp_path
 
 
 def test_lora_training_saves_an_adapter_that_reloads_onto_its_base_and_the_merged_model(small_data, tmp_path):
-    from llava_nb.lora import load_lora
-    from llava_nb.measure import synthetic_batch
-
     s1 = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
                output_dir=tmp_path / "s1", max_steps=2, **FAST)
     r = train(s1["final_dir"], 2, method="lora", data=small_data["instruct"], image_folder=small_data["image_folder"],
@@ -237,12 +249,8 @@ def test_lora_training_saves_an_adapter_that_reloads_onto_its_base_and_the_merge
               lora_alpha=16, lr=2e-3, **FAST)
     assert r["engine"] == "PeftModel" and r["steps"] == 3 and 0 <= r["eval_accuracy"] <= 1  # one process: no DDP
     assert r["hyperparams"]["lora_r"] == 8
-    merged = llava_nb.load_model(r["final_dir"]).eval()
-    adapted = load_lora(llava_nb.load_model(s1["final_dir"]).eval(), r["adapter_dir"]).eval()
-    batch = synthetic_batch(merged.config, 1, 60, torch.device("cpu"))
-    batch.pop("labels")
+    merged, batch = assert_merged_equals_adapted(r, s1["final_dir"])
     with torch.no_grad():
-        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-5)
         # training changed the model: the projector (trained in full) and the adapters
         base = llava_nb.load_model(s1["final_dir"]).eval()
         assert not torch.allclose(base(**batch).logits, merged(**batch).logits, atol=1e-4)
@@ -252,9 +260,6 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(smal
     """bitsandbytes NF4 on CPU, 2 processes: the LLM's Linears are Linear4bit while training; the adapter (with the
     projector) then loads onto the full-precision stage-1 base, and the saved final model is that merge."""
     pytest.importorskip("bitsandbytes")
-    from llava_nb.lora import load_lora
-    from llava_nb.measure import synthetic_batch
-
     s1 = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
                output_dir=tmp_path / "s1", max_steps=2, **FAST)
     r = train(s1["final_dir"], 2, method="qlora", data=small_data["instruct"], image_folder=small_data["image_folder"],
@@ -262,9 +267,4 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(smal
               lr=2e-3, **{**FAST, "num_processes": 2})
     assert r["engine"] == "DistributedDataParallel" and r["steps"] == 3
     assert r["quantized_linears"] == 4 * 7  # every Linear of the 4 LLM blocks; not the projector, ViT or lm_head
-    merged = llava_nb.load_model(r["final_dir"]).eval()
-    adapted = load_lora(llava_nb.load_model(s1["final_dir"]).eval(), r["adapter_dir"]).eval()
-    batch = synthetic_batch(merged.config, 1, 60, torch.device("cpu"))
-    batch.pop("labels")
-    with torch.no_grad():
-        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-5)
+    assert_merged_equals_adapted(r, s1["final_dir"])
