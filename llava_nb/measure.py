@@ -77,11 +77,15 @@ def synthetic_batch(config, micro_batch: int, seq_len: int, device, dtype=torch.
     return {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
 
 
+def state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's per-parameter state tensors: AdamW's moments (``exp_avg``, ``exp_avg_sq``), and for
+    bitsandbytes' 8-bit optimizers their code maps and block constants. The scalar ``step`` counters are left out
+    (they live on the CPU unless ``capturable``/``fused``)."""
+    return [v for s in opt.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
+
+
 def _optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    """AdamW's moments (``exp_avg``, ``exp_avg_sq``); the scalar ``step`` counters are left out (they live on the
-    CPU unless ``capturable``/``fused``)."""
-    return sum(_nbytes([v for k, v in state.items() if torch.is_tensor(v) and k != "step"])
-               for state in opt.state.values())
+    return _nbytes(state_tensors(opt))
 
 
 def _grad_probe(opt: torch.optim.Optimizer) -> dict:

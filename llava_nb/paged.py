@@ -3,14 +3,14 @@ usual memory measurements do not see.
 
 A bitsandbytes paged optimizer (``bitsandbytes.optim.PagedAdamW``, ``PagedAdamW8bit``) allocates every state tensor
 of 1e5 elements or more with ``cudaMallocManaged`` (``bitsandbytes.functional.get_paged``) and wraps that memory in
-a tensor through ``torch.frombuffer``. Three consequences follow, and ``paged_optimizer_run`` measures each:
+a tensor through ``torch.frombuffer``. Three consequences follow, and ``paged_optimizer_run`` measures them:
 
 * the state tensors report ``device == cpu``, although the kernels read and write them on the GPU;
 * torch's caching allocator never sees them, so ``torch.cuda.memory_allocated`` and ``max_memory_allocated`` leave
   them out; the driver does see their resident pages (``torch.cuda.mem_get_info``);
-* the driver may move their pages to host memory (here forced with ``prefetch_tensor(..., to_cpu=True)``, what it
-  does by itself when the GPU runs short); bitsandbytes prefetches a parameter's states back to the GPU before
-  its update, and that step pays for the transfer.
+* the driver may move their pages to host memory when the GPU runs short; bitsandbytes prefetches a parameter's
+  states back to the GPU before its update, and that step pays for the transfer (``--evict`` forces the move with
+  ``prefetch_tensor(..., to_cpu=True)``, which fails on CUDA 13 with bitsandbytes 0.50.2).
 
 The demonstration stays far below the card's memory on purpose: oversubscribed managed memory thrashes and can
 stall the GPU. Run one optimizer per process, so that each reading starts from the same state::
@@ -25,6 +25,8 @@ import json
 import time
 
 import torch
+
+from .measure import state_tensors, versions
 
 #: name -> (module path, class, keyword arguments); "torch AdamW" is the baseline the others are compared with
 OPTIMIZERS = {
@@ -45,11 +47,6 @@ def make_optimizer(name: str, params, lr: float = 1e-4) -> torch.optim.Optimizer
     return getattr(importlib.import_module(module), cls)(params, lr=lr, **kwargs)
 
 
-def state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The optimizer's per-parameter state tensors (moments, 8-bit maps and block constants; not the step counter)."""
-    return [v for s in opt.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
-
-
 def _driver_used(device: torch.device) -> int:
     """Bytes in use on the GPU as the driver counts them (every allocation, managed pages included)."""
     torch.cuda.synchronize(device)
@@ -64,7 +61,7 @@ def paged_optimizer_run(name: str, width: int = 4096, layers: int = 8, steps: in
 
     With the defaults: 8 x 4096^2 = 134M parameters, 0.54 GB of weights, 1.07 GB of 32-bit Adam states. The
     record holds ``state_bytes`` (all state tensors), ``paged_bytes`` (those in managed memory), ``state_device``
-    (what the tensors report), the losses, mean step seconds, and on CUDA the growth from creating the optimizer
+    (what the tensors report), the losses, each step's seconds, and on CUDA the growth from creating the optimizer
     and stepping it, as ``memory_allocated``, ``max_memory_allocated`` and the driver count it; then, with
     ``evict``, for a paged optimizer, the driver's count after moving every paged state to host memory, after the
     next step, and that step's seconds. (``evict`` kills the process on CUDA 13 with bitsandbytes 0.50.2: its
@@ -151,8 +148,6 @@ def main(argv=None) -> None:
     p.add_argument("--evict", action="store_true", help="move the paged states to host memory, then step once more")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    from .measure import versions
-
     rec = paged_optimizer_run(a.optimizer, a.width, a.layers, a.steps, a.device, evict=a.evict)
     rec["versions"] = versions()
     with open(a.out, "a") as f:
