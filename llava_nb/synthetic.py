@@ -42,6 +42,8 @@ BACKGROUND = (30, 30, 30)
 SIZES = {"square": [(84, 84)], "anyres": [(84, 84), (84, 168), (168, 84), (168, 168), (84, 252), (252, 84)]}
 
 CAPTION_PROMPTS = ["Describe the image briefly.", "Give a short caption.", "What is in the picture?"]
+#: stage 2's description requests (LLaVA-Instruct's "detailed description" conversations)
+DESCRIBE_PROMPTS = ["Describe the image.", "What do you see in this image?", "Describe the shapes and where they are."]
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,14 @@ def _image_turn(text: str, rng: random.Random, image_first: bool | None = None) 
 
 
 def generate(out_dir: Path | str, n_images: int = 2000, n_test: int = 300, seed: int = 0, sizes: str = "square",
-             turns: tuple = (1, 1, 2, 3), distinct_types: bool = False) -> dict:
+             turns: tuple = (1, 1, 2, 3), distinct_types: bool = False, describe: float = 0.0,
+             type_weights: dict | None = None) -> dict:
     """Write images and the three JSON files (``captions.json``, ``instruct.json``, ``test.json``) to ``out_dir``.
+
+    ``describe``: the share of training conversations that open with a description turn ("Describe the image."
+    -> the caption), as LLaVA-Instruct mixes detailed descriptions with its conversations. ``type_weights``: the
+    relative frequency of each question type in training conversations (default: all equal); the test split
+    always asks every type equally often.
 
     Train and test images come from disjoint random streams of the same ``seed``. Returns the file paths.
     Deterministic: the same arguments give byte-identical files.
@@ -167,15 +175,24 @@ def generate(out_dir: Path | str, n_images: int = 2000, n_test: int = 300, seed:
                 {"from": "human", "value": _image_turn(rng.choice(CAPTION_PROMPTS), rng)},
                 {"from": "gpt", "value": caption(scene)}]})
             conv = []
+            if describe and rng.random() < describe:
+                conv += [{"from": "human", "value": _image_turn(rng.choice(DESCRIBE_PROMPTS), rng)},
+                         {"from": "gpt", "value": caption(scene)}]
             n_turns = rng.choice(turns)
             qtypes = rng.sample(QUESTION_TYPES, n_turns) if distinct_types else None
             for t in range(n_turns):
-                q, short, sentence = question(scene, qtypes[t] if qtypes else rng.choice(QUESTION_TYPES), rng)
+                if qtypes:
+                    qtype = qtypes[t]
+                elif type_weights:
+                    qtype = rng.choices(QUESTION_TYPES, [type_weights.get(k, 1.0) for k in QUESTION_TYPES])[0]
+                else:
+                    qtype = rng.choice(QUESTION_TYPES)
+                q, short, sentence = question(scene, qtype, rng)
                 if rng.random() < 0.5:
                     q, a = f"{q}\n{SHORT_ANSWER_PROMPT}", short
                 else:
                     a = sentence
-                conv += [{"from": "human", "value": _image_turn(q, rng) if t == 0 else q}, {"from": "gpt", "value": a}]
+                conv += [{"from": "human", "value": _image_turn(q, rng) if not conv else q}, {"from": "gpt", "value": a}]
             instruct.append({"id": f"qa-{sid}", "image": rel, "conversations": conv})
     files = {}
     for name, records in (("captions", captions), ("instruct", instruct), ("test", test)):

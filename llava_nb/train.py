@@ -41,7 +41,8 @@ CACHE_DIR = Path(os.environ.get("LLAVA_NB_CACHE", REPO_ROOT / ".cache"))
 #: then learns markedly worse than from a lower-lr stage 1 (measured while building the book; see the notes).
 TINY_HYPERPARAMS = {
     1: dict(lr=2e-4, epochs=1, batch_size=32, max_length=512, warmup_ratio=0.05),
-    2: dict(lr=1e-3, epochs=6, batch_size=32, max_length=512, warmup_ratio=0.05),
+    2: dict(lr=5e-4, epochs=12, batch_size=32, max_length=512, warmup_ratio=0.05, weight_decay=0.5,
+            mixed_precision="bf16"),
 }
 #: LoRA on the tiny models: LLaVA's rank-to-width ratio would leave r = 4 at width 128, so r = 16 with LLaVA's
 #: alpha = 2 r; and, as LLaVA's LoRA recipe (2e-4) against its full fine-tuning (2e-5), a higher learning rate.
@@ -56,7 +57,7 @@ COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="
               max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
               find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=3000, n_test=300,
               gradient_checkpointing=False, group_by_length=False, force=False,
-              lora_r=128, lora_alpha=256, lora_dropout=0.05)  # LoRA: LLaVA's finetune_lora.sh
+              lora_r=128, lora_alpha=256, lora_dropout=0.05, max_grad_norm=None)  # LoRA: LLaVA's finetune_lora.sh
 
 
 class TrainingError(RuntimeError):
@@ -264,7 +265,10 @@ def _run_worker(spec: TrainSpec) -> None:
     if total < 1:
         raise LlavaNbError(f"{len(dataset)} samples give no full batch of {hp['batch_size']}; lower batch_size")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+    # weight decay on matrices only, not on biases and norm weights (the Hugging Face Trainer's rule, so LLaVA's)
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": hp["weight_decay"]},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp["lr"])
     # The scheduler is stepped by hand once per optimizer step (not handed to prepare(), which would step it once
     # per process) and saved with the state through register_for_checkpointing.
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(hp["warmup_ratio"] * total), total)
@@ -287,6 +291,8 @@ def _run_worker(spec: TrainSpec) -> None:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                if hp["max_grad_norm"] and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, hp["max_grad_norm"])
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             micro_done += 1
