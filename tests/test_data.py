@@ -188,3 +188,19 @@ def test_synthetic_turns_and_distinct_question_types(tmp_path):
         kinds = {"color" if "color" in q else "shape is" if "What shape" in q else "many" if "How many" in q
                  else "at the" if " at the " in q else "exists" for q in questions}
         assert len(kinds) == 5, questions  # every question type once
+
+
+def test_synthetic_describe_turns_and_type_weights(tmp_path):
+    from llava_nb.synthetic import DESCRIBE_PROMPTS
+
+    plain = generate(tmp_path / "plain", n_images=40, n_test=10, seed=2)
+    files = generate(tmp_path / "d", n_images=40, n_test=10, seed=2, describe=1.0, type_weights={"exists": 1e9})
+    records = json.loads(files["instruct"].read_text())
+    for rec in records:
+        first, answer = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
+        assert first.replace("<image>", "").strip() in DESCRIBE_PROMPTS and "<image>" in first
+        assert answer == next(c for c in json.loads(files["captions"].read_text())
+                              if c["image"] == rec["image"])["conversations"][1]["value"]  # the image's caption
+        assert all(t["value"].startswith("Is there a") and "<image>" not in t["value"]
+                   for t in rec["conversations"][2::2])  # only "exists" questions, the image once
+    assert files["test"].read_text() == plain["test"].read_text()  # the test split does not change

@@ -268,3 +268,16 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(smal
     assert r["engine"] == "DistributedDataParallel" and r["steps"] == 3
     assert r["quantized_linears"] == 4 * 7  # every Linear of the 4 LLM blocks; not the projector, ViT or lm_head
     assert_merged_equals_adapted(r, s1["final_dir"])
+
+
+def test_weight_decay_spares_biases_and_norms():
+    from llava_nb.train import make_optimizer
+
+    model = llava_nb.build_model("tiny-llava-1.5", seed=0)
+    opt = make_optimizer(model.parameters(), lr=1e-3, weight_decay=0.5)
+    decayed, kept = opt.param_groups
+    assert decayed["weight_decay"] == 0.5 and kept["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim == 1 for p in kept["params"])
+    norm = model.model.language_model.norm.weight
+    assert any(p is norm for p in kept["params"])
+    assert len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))

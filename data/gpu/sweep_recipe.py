@@ -13,6 +13,13 @@ compute a 2-core CPU can afford (about 12 epochs of batches grouped by length):
 * gradient clipping at 1.0 (the Hugging Face Trainer's default, so LLaVA's recipe), with a higher learning rate;
 * a longer stage 1; a larger batch; bf16 autocast (what the CPU recipe would use to be faster); other seeds.
 
+Later calls (``--from=N``) ran the same settings without grouping and with several seeds, weight decay, the new
+default recipe ("recipe": hp={} means ``train.TINY_HYPERPARAMS[2]`` as committed with this data: 12 epochs, lr 5e-4,
+weight decay 0.5, bf16 autocast, not grouped) with fewer epochs, and with retrained pretrained parts ("pretrain":
+each part missing from the variant's folder is retrained on the GPU, with the given steps; "keep" copies a committed
+part instead). Five calls on one lent NVIDIA H200 on 2026-11-28 made ``sweep_recipe.jsonl``: --from=0, 22, 40,
+59, 73.
+
 Each variant trains stage 1 and stage 2 through the command line (the CPU recipe's code path; the GPU only makes
 the sweep fast) in its own cache folder, all variants at once, and appends one JSON line: held-out accuracy by
 type, blank-image accuracy, steps, the stage-2 tokens per epoch (what the CPU time is proportional to), seconds.
@@ -92,6 +99,14 @@ VARIANTS = {
        for n, e in ((450, 10), (450, 9), (600, 9), (600, 8)) for s in (0, 1, 2)},
     **{f"recipe, LLM 450 steps, seed {s}": dict(data={}, hp={}, seed=s, pretrain={"language": {"steps": 450}})
        for s in (0, 1)},
+    # fifth call: every "pretrain" variant above retrained both parts on the GPU, whose numerics differ from the CPU
+    # that trained the committed parts (the CPU retrains them bit for bit). Which part matters?
+    **{f"recipe, parts retrained on the GPU, seed {s}": dict(data={}, hp={}, seed=s, pretrain={"language": {}})
+       for s in (0, 1, 2)},
+    **{f"recipe, ViT retrained on the GPU, seed {s}": dict(data={}, hp={}, seed=s, pretrain={"keep": ["tiny-llama"]})
+       for s in (0, 1, 2)},
+    **{f"recipe, LLM retrained on the GPU, seed {s}": dict(data={}, hp={}, seed=s,
+                                                         pretrain={"keep": ["tiny-clip-vit"]}) for s in (0, 1, 2)},
 }
 
 WORKER = r"""
@@ -101,6 +116,7 @@ import llava_nb.synthetic as syn
 import llava_nb.train
 train = sys.modules["llava_nb.train"]
 data, stage1, pretrain = json.loads(sys.argv[1])
+pretrain.pop("keep", None)
 pre.pretrain_language = functools.partial(pre.pretrain_language, **pretrain.get("language", {}))
 pre.pretrain_vision = functools.partial(pre.pretrain_vision, **pretrain.get("vision", {}))
 data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
@@ -120,8 +136,10 @@ def run(name: str) -> dict:
     for k, val in v["hp"].items():
         args += ["--set", f"{k}={val}"]
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "1"}
-    if v.get("pretrain"):  # fresh tiny parts in the variant's own folder
+    if v.get("pretrain"):  # fresh tiny parts in the variant's own folder (but copies of the committed ones in "keep")
         env["LLAVA_NB_PRETRAINED"] = f"{d}/pretrained"
+        for part in v["pretrain"].get("keep", []):
+            shutil.copytree(f"data/pretrained/{part}", f"{d}/pretrained/{part}")
     start = time.time()
     p = subprocess.run([sys.executable, "-c", WORKER, json.dumps([v["data"], v.get("stage1", {}), v.get("pretrain", {})]), "train",
                         "--model", "tiny-llava-1.5", "--stage", "2", "--seed", str(seed), "--set", "log_every=0", *args],
