@@ -281,3 +281,20 @@ def test_weight_decay_spares_biases_and_norms():
     norm = model.model.language_model.norm.weight
     assert any(p is norm for p in kept["params"])
     assert len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))
+
+
+def test_max_grad_norm_clips_before_the_step(small_data, tmp_path):
+    """With the gradient clipped to a norm far below AdamW's eps (1e-8), each update is about lr * g / eps instead
+    of about lr: the projector barely moves. Without clipping it moves by about lr per weight."""
+    from llava_nb.pretrain import load_pretrained_parts
+
+    start = llava_nb.build_model("tiny-llava-1.5", seed=0)
+    load_pretrained_parts(start)
+    w0 = start.model.multi_modal_projector.linear_1.weight
+    moved = {}
+    for clip in (None, 1e-12):
+        train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+              output_dir=tmp_path / str(clip), max_steps=2, max_grad_norm=clip, **FAST)
+        w = llava_nb.load_model(tmp_path / str(clip) / "final").model.multi_modal_projector.linear_1.weight
+        moved[clip] = (w - w0).abs().max().item()
+    assert moved[None] > 1e-5 and moved[1e-12] < moved[None] / 100
