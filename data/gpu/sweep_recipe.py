@@ -18,7 +18,8 @@ default recipe ("recipe": hp={} means ``train.TINY_HYPERPARAMS[2]`` as committed
 weight decay 0.5, bf16 autocast, not grouped) with fewer epochs, and with retrained pretrained parts ("pretrain":
 each part missing from the variant's folder is retrained on the GPU, with the given steps; "keep" copies a committed
 part instead). Five calls on one lent NVIDIA H200 on 2026-11-28 made ``sweep_recipe.jsonl``: --from=0, 22, 40,
-59, 73.
+59, 73. The first two ran before the recipe changed, so every setting there that does not name them ran in fp32
+without weight decay (the earlier defaults), ``BASE`` meaning 12 epochs at 5e-4.
 
 Each variant trains stage 1 and stage 2 through the command line (the CPU recipe's code path; the GPU only makes
 the sweep fast) in its own cache folder, all variants at once, and appends one JSON line: held-out accuracy by
