@@ -67,23 +67,35 @@ def tokens_per_epoch(instruct_json: str) -> tuple[int, int]:
                           for r in recs)
 
 
+def fresh_folder(prefix: str, name: str) -> str:
+    """An empty folder of its own for a variant's cache (and retrained parts)."""
+    d = f"/tmp/{prefix}_{abs(hash(name))}"
+    shutil.rmtree(d, ignore_errors=True)
+    return d
+
+
+def train_stage2(worker: str, payload: list, hp: dict, env: dict, *cli: str) -> tuple[dict | None, str]:
+    """Run ``python -c worker json(payload) train --model tiny-llava-1.5 --stage 2 --set log_every=0 [--set k=v for
+    hp] *cli`` and return (the command's last JSON line, "") or (None, the end of its stderr) if it failed."""
+    args = [a for k, val in hp.items() for a in ("--set", f"{k}={val}")]
+    p = subprocess.run([sys.executable, "-c", worker, json.dumps(payload), "train", "--model", "tiny-llava-1.5",
+                        "--stage", "2", *cli, "--set", "log_every=0", *args], env=env, capture_output=True, text=True)
+    if p.returncode:
+        return None, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1]), ""
+
+
 def run(name: str) -> dict:
     v = VARIANTS[name]
-    d = f"/tmp/sweep_data_{abs(hash(name))}"
-    shutil.rmtree(d, ignore_errors=True)
-    args = []
-    for k, val in v["hp"].items():
-        args += ["--set", f"{k}={val}"]
+    d = fresh_folder("sweep_data", name)
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "2"}
     if v.get("pretrain"):  # a fresh LLM in the variant's own folder, beside a copy of the committed ViT
         shutil.copytree("data/pretrained/tiny-clip-vit", f"{d}/pretrained/tiny-clip-vit")
         env["LLAVA_NB_PRETRAINED"] = f"{d}/pretrained"
     start = time.time()
-    p = subprocess.run([sys.executable, "-c", WORKER, json.dumps([v["data"], v.get("pretrain", {})]), "train", "--model", "tiny-llava-1.5",
-                        "--stage", "2", "--set", "log_every=0", *args], env=env, capture_output=True, text=True)
-    if p.returncode:
-        return {"name": name, "error": p.stderr[-2000:]}
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r, error = train_stage2(WORKER, [v["data"], v.get("pretrain", {})], v["hp"], env)
+    if r is None:
+        return {"name": name, "error": error}
     n_images = v["hp"].get("n_images", 3000)
     samples, tokens = tokens_per_epoch(f"{d}/synthetic/square-{n_images}-300-seed0/instruct.json")
     return {"name": name, "data": v["data"], "hp": v["hp"], "pretrain": v.get("pretrain", {}), "device": "gpu", "acc": r["eval_accuracy"],

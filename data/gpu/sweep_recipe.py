@@ -30,12 +30,11 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from sweep_data import tokens_per_epoch
+from sweep_data import fresh_folder, tokens_per_epoch, train_stage2
 
 G = {"group_by_length": True}
 BASE = {"epochs": 12, "lr": 5e-4}
@@ -131,23 +130,17 @@ sys.exit(main(sys.argv[2:]))
 def run(name: str) -> dict:
     v = VARIANTS[name]
     seed = v.get("seed", 0)
-    d = f"/tmp/sweep_recipe_{abs(hash(name))}"
-    shutil.rmtree(d, ignore_errors=True)
-    args = []
-    for k, val in v["hp"].items():
-        args += ["--set", f"{k}={val}"]
+    d = fresh_folder("sweep_recipe", name)
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "1"}
     if v.get("pretrain"):  # fresh tiny parts in the variant's own folder (but copies of the committed ones in "keep")
         env["LLAVA_NB_PRETRAINED"] = f"{d}/pretrained"
         for part in v["pretrain"].get("keep", []):
             shutil.copytree(f"data/pretrained/{part}", f"{d}/pretrained/{part}")
     start = time.time()
-    p = subprocess.run([sys.executable, "-c", WORKER, json.dumps([v["data"], v.get("stage1", {}), v.get("pretrain", {})]), "train",
-                        "--model", "tiny-llava-1.5", "--stage", "2", "--seed", str(seed), "--set", "log_every=0", *args],
-                       env=env, capture_output=True, text=True)
-    if p.returncode:
-        return {"name": name, "error": p.stderr[-2000:]}
-    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r, error = train_stage2(WORKER, [v["data"], v.get("stage1", {}), v.get("pretrain", {})], v["hp"], env,
+                            "--seed", str(seed))
+    if r is None:
+        return {"name": name, "error": error}
     samples, tokens = tokens_per_epoch(glob.glob(f"{d}/synthetic/square-*-seed{seed}/instruct.json")[0])
     return {"name": name, "data": v["data"], "hp": v["hp"], "stage1": v.get("stage1", {}),
             "pretrain": v.get("pretrain", {}), "seed": seed,
