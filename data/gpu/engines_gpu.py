@@ -48,19 +48,23 @@ ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHME
        "PYTHONUNBUFFERED": "1"}
 
 
-def done(*paths: Path) -> set:
+def done(*paths: Path, key: tuple = ("kind", "gpus", "name")) -> set:
+    """The ``key`` fields of every record already in ``paths``: what a resumed call skips."""
     keys = set()
     for path in paths:
         if path.exists():
-            keys |= {(r["kind"], r["gpus"], r.get("name")) for r in map(json.loads, path.read_text().splitlines())}
+            keys |= {tuple(r.get(k) for k in key) for r in map(json.loads, path.read_text().splitlines())}
     return keys
 
 
-def append(out: Path, record: dict) -> None:
+SHOW = ("kind", "gpus", "name", "tflops", "eval_accuracy", "seconds")
+
+
+def append(out: Path, record: dict, show: tuple = SHOW) -> None:
+    """Append ``record`` to ``out`` as one JSON line and print its ``show`` fields."""
     with open(out, "a") as f:
         f.write(json.dumps(record) + "\n")
-    print(json.dumps({k: record.get(k) for k in ("kind", "gpus", "name", "tflops", "eval_accuracy", "seconds")}),
-          flush=True)
+    print(json.dumps({k: record.get(k) for k in show}), flush=True)
 
 
 def measure(a, out: Path, skip: set, env: dict, name: str, method: str, zero: dict, extra: list, points: str,

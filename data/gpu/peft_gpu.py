@@ -20,6 +20,7 @@ skipped. Records (one JSON line each, with the GPU name and library versions):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -27,29 +28,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+import engines_gpu
+from engines_gpu import ENV
+
 HERE = Path(__file__).resolve().parent
 DONE = HERE / "peft_gpu.jsonl"
 MODEL = "llava-1.5-7b"
 POINTS = "1x1024,2x2048,8x2048"  # the memory chapter's points (micro_batch x seq_len, 576 image tokens inside)
 H100_USABLE_GIB = 79.18
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (in, out): q/k/v/o, gate/up, down
-ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
-       "PYTHONUNBUFFERED": "1"}
-
-
-def done(*paths: Path) -> set:
-    keys = set()
-    for path in paths:
-        if path.exists():
-            keys |= {(r["kind"], r.get("name")) for r in map(json.loads, path.read_text().splitlines())}
-    return keys
-
-
-def append(out: Path, record: dict) -> None:
-    with open(out, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps({k: record.get(k) for k in ("kind", "name", "micro_batch", "seq_len", "tflops", "oom")}),
-          flush=True)
+KEY = ("kind", "name")  # what makes a record done here (one GPU)
+append = functools.partial(engines_gpu.append, show=("kind", "name", "micro_batch", "seq_len", "tflops", "oom"))
 
 
 def main() -> None:
@@ -65,7 +54,7 @@ def main() -> None:
     from llava_nb.throughput import matmul_tflops
 
     out = Path(a.out)
-    skip = done(DONE, out)
+    skip = engines_gpu.done(DONE, out, key=KEY)
     env = {**os.environ, **ENV}
     base = {"gpus": 1, "versions": versions()}
     for name in OPTIMIZERS:  # first: the part the QLoRA chapter needs most
