@@ -42,10 +42,13 @@ CACHE_DIR = Path(os.environ.get("LLAVA_NB_CACHE", REPO_ROOT / ".cache"))
 #: Stage 2 comes from data/gpu/sweep_recipe.py (chapter 04): with the committed pretrained parts, 12 epochs at 5e-4
 #: with weight decay 0.5 on the matrices learned "Is there a <colour> shape?" in every seed it ran; batches are *not*
 #: grouped by length, which stalls that question; bf16 autocast makes a step cheaper on CPUs with bf16 instructions.
+#: Under bf16 autocast on a CPU, PyTorch's SDPA runs its flash-attention kernel, whose backward pass at these tiny
+#: shapes costs more than the rest of the step: eager attention halves stage 2's time (``throughput`` measures it;
+#: chapter 04 shows it). In fp32 the two cost the same. Real models on GPUs keep the default (SDPA).
 TINY_HYPERPARAMS = {
     1: dict(lr=2e-4, epochs=1, batch_size=32, max_length=512, warmup_ratio=0.05),
     2: dict(lr=5e-4, epochs=12, batch_size=32, max_length=512, warmup_ratio=0.05, weight_decay=0.5,
-            mixed_precision="bf16"),
+            mixed_precision="bf16", attn_implementation="eager"),
 }
 #: LoRA on the tiny models: LLaVA's rank-to-width ratio would leave r = 4 at width 128, so r = 16 with LLaVA's
 #: alpha = 2 r; and, as LLaVA's LoRA recipe (2e-4) against its full fine-tuning (2e-5), a higher learning rate.
@@ -62,7 +65,8 @@ COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="
               max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
               find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=3000, n_test=300,
               gradient_checkpointing=False, group_by_length=False, force=False,
-              lora_r=128, lora_alpha=256, lora_dropout=0.05, max_grad_norm=None)  # LoRA: LLaVA's finetune_lora.sh
+              lora_r=128, lora_alpha=256, lora_dropout=0.05, max_grad_norm=None,
+              attn_implementation=None)  # None: the model's own default  # LoRA: LLaVA's finetune_lora.sh
 
 
 class TrainingError(RuntimeError):
@@ -248,6 +252,8 @@ def _run_worker(spec: TrainSpec) -> None:
     set_seed(spec.seed)
     out = Path(spec.output_dir)
     model, tokenizer, image_processor = load_for_training(spec.model, spec.stage, **method.load_kwargs())
+    if hp["attn_implementation"]:  # "eager", "sdpa", ...: for the ViT and the LLM alike
+        model.set_attn_implementation(hp["attn_implementation"])
     if method.adapter:  # peft decides what trains (adapters, the projector); 4-bit weights cannot require grads
         model.requires_grad_(False)
     else:

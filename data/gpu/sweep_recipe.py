@@ -19,7 +19,9 @@ weight decay 0.5, bf16 autocast, not grouped) with fewer epochs, and with retrai
 each part missing from the variant's folder is retrained on the GPU, with the given steps; "keep" copies a committed
 part instead). Five calls on one lent NVIDIA H200 on 2026-11-28 made ``sweep_recipe.jsonl``: --from=0, 22, 40,
 59, 73. The first two ran before the recipe changed, so every setting there that does not name them ran in fp32
-without weight decay (the earlier defaults), ``BASE`` meaning 12 epochs at 5e-4.
+without weight decay (the earlier defaults), ``BASE`` meaning 12 epochs at 5e-4. In calls 3-5 the recipe's
+attention was the model's default (SDPA); session 7 made eager attention part of the recipe and a sixth call
+(--from=82) ran it by name.
 
 Each variant trains stage 1 and stage 2 through the command line (the CPU recipe's code path; the GPU only makes
 the sweep fast) in its own cache folder, all variants at once, and appends one JSON line: held-out accuracy by
@@ -107,6 +109,10 @@ VARIANTS = {
        for s in (0, 1, 2)},
     **{f"recipe, LLM retrained on the GPU, seed {s}": dict(data={}, hp={}, seed=s,
                                                          pretrain={"keep": ["tiny-clip-vit"]}) for s in (0, 1, 2)},
+    # sixth call (session 7): the recipe with eager attention instead of SDPA, which halves a bf16 step's time on a
+    # CPU (data/benchmarks/cpu_step_time.json): does "exists" still come out in every seed?
+    **{f"recipe, eager attention, seed {s}": dict(data={}, hp={"attn_implementation": "eager"}, seed=s)
+       for s in (0, 1, 2, 3, 4)},
 }
 
 WORKER = r"""
