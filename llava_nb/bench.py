@@ -4,6 +4,8 @@
   and the book build run it (kernel start included) -> ``chapters.json``;
 * ``python -m llava_nb.bench pipeline``: the whole tiny pipeline from nothing (pretrained parts, synthetic data,
   stage 1, stage 2, evaluation), in temporary folders, through one command line -> ``tiny_pipeline.json``;
+* ``python -m llava_nb.bench step-time``: one stage-2 training step of the tiny LLaVA-1.5 on one CPU core (each
+  of the 2 training processes' share), SDPA or eager attention, fp32 or bf16 autocast -> ``cpu_step_time.json``;
 * ``python -m llava_nb.bench memory``: how long one ``estimate_memory`` call takes once the model's shapes are
   cached (the widgets need well under 5 ms) -> ``memory_calculator.json``.
 """
@@ -73,11 +75,48 @@ def bench_pipeline(model: str = "tiny-llava-1.5") -> dict:
               "eval_by_type": result["eval_by_type"], "num_processes": result["num_processes"],
               "stage2_steps": result["steps"],
               "stage2_recipe": {k: result["hyperparams"][k] for k in ("epochs", "lr", "batch_size", "weight_decay",
-                                                                      "mixed_precision", "group_by_length")},
+                                                                      "mixed_precision", "attn_implementation",
+                                                                      "group_by_length")},
               "budget_s": PIPELINE_BUDGET_S, "accuracy_target": ACCURACY_TARGET,
               "within_budget": total <= PIPELINE_BUDGET_S, "accuracy_target_met": result["eval_accuracy"] >= ACCURACY_TARGET,
               "machine": machine(), "date": date.today().isoformat()}
     (BENCHMARKS_DIR / "tiny_pipeline.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def bench_step_time(model: str = "tiny-llava-1.5", micro_batch: int = 16, threads: int = 1) -> dict:
+    """Time one stage-2 step (``throughput.cpu_step_profile``) of the tiny recipe's model on the first
+    ``micro_batch`` samples of its synthetic data, on ``threads`` threads, for each attention kernel and precision.
+    The batch and model are those of ``train(model, 2)``'s workers: 16 samples each, 1 thread each on 2 cores."""
+    import copy
+
+    import torch
+
+    from .data import load_conversations
+    from .dataset import Collator, ConversationDataset
+    from .stages import freeze_for_stage
+    from .throughput import cpu_step_profile
+    from .train import TINY_HYPERPARAMS, default_template, load_for_training, synthetic_data
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    data = synthetic_data(model)
+    net, tok, image_processor = load_for_training(model, 2)
+    freeze_for_stage(net, "stage2")
+    records = load_conversations(data["instruct"], data["image_folder"])[:micro_batch]
+    dataset = ConversationDataset(records, tok, net.config, default_template(net.config, 2),
+                                  TINY_HYPERPARAMS[2]["max_length"], image_processor)
+    batch = Collator(tok.pad_token_id)([dataset[i] for i in range(micro_batch)])
+    rows = []
+    for attention in ("sdpa", "eager"):
+        for bf16 in (False, True):
+            copy_ = copy.deepcopy(net)
+            copy_.set_attn_implementation(attention)
+            rows.append({"attention": attention, "precision": "bf16 autocast" if bf16 else "fp32",
+                         **cpu_step_profile(copy_, batch, bf16)})
+    record = {"model": model, "micro_batch": micro_batch, "seq_len": batch["input_ids"].shape[1], "threads": threads,
+              "rows": rows, "machine": machine(), "date": date.today().isoformat()}
+    (BENCHMARKS_DIR / "cpu_step_time.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -116,6 +155,10 @@ def main(paths: list[str]) -> int:
         record = bench_memory()
         print(json.dumps({k: record[k] for k in ("max_median_ms", "within_budget", "first_call_s")}))
         return 0 if record["within_budget"] else 1
+    if paths == ["step-time"]:
+        record = bench_step_time()
+        print(json.dumps([{k: r[k] for k in ("attention", "precision", "step_ms")} for r in record["rows"]]))
+        return 0
     if paths == ["pipeline"]:
         record = bench_pipeline()
         print(json.dumps({k: v for k, v in record.items() if k != "machine"}))

@@ -179,3 +179,39 @@ def phase_rows(records: list[dict]) -> list[dict]:
                      "method": r["method"], "gpus": r["gpus"], "point": f"{r['micro_batch']}x{r['seq_len']}",
                      "checkpointing": r["grad_checkpointing"], **med})
     return rows
+
+
+def cpu_step_profile(model, batch: dict, bf16: bool, steps: int = 20, warmup: int = 3, top: int = 5) -> dict:
+    """One training step of ``model`` on ``batch`` on this CPU: forward, backward and an AdamW step, under bf16
+    autocast (as Accelerate's ``mixed_precision="bf16"`` runs it on a CPU) or in fp32, with the attention kernel
+    the model is set to. Returns the median ``step_ms`` of ``steps`` steps after ``warmup``, and the ``top``
+    operators by their own CPU time per step (``torch.profiler``, over 5 more steps) in ``top_ops``.
+
+    The model's weights change as it trains; the time of a step does not depend on them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .train import make_optimizer
+
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-4, 0.0)
+    model.train()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    profiled = 5
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(profiled):
+            step()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"step_ms": statistics.median(times) * 1e3,
+            "top_ops": {e.key: e.self_cpu_time_total / 1e3 / profiled for e in ops}}  # ms per step

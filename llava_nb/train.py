@@ -254,6 +254,8 @@ def _run_worker(spec: TrainSpec) -> None:
     model, tokenizer, image_processor = load_for_training(spec.model, spec.stage, **method.load_kwargs())
     if hp["attn_implementation"]:  # "eager", "sdpa", ...: for the ViT and the LLM alike
         model.set_attn_implementation(hp["attn_implementation"])
+    attention = {"vision": model.config.vision_config._attn_implementation,
+                 "language": model.config.text_config._attn_implementation}
     if method.adapter:  # peft decides what trains (adapters, the projector); 4-bit weights cannot require grads
         model.requires_grad_(False)
     else:
@@ -336,6 +338,7 @@ def _run_worker(spec: TrainSpec) -> None:
               "hyperparams": {k: v for k, v in hp.items() if k not in ("resume_from", "_fingerprint")},
               "spec": hp.get("_fingerprint")}
     result["engine"] = type(model).__name__  # DeepSpeedEngine, DistributedDataParallel, ...
+    result["attention"] = attention  # the attention kernels the run used
     result["trainable_parameters"] = trainable
     result["quantized_linears"] = quantized  # bitsandbytes layers in the trained model (QLoRA)
     # every process takes part: under ZeRO-3 and FSDP this gathers the sharded weights (whole on rank 0)

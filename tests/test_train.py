@@ -68,6 +68,9 @@ def test_stage1_then_stage2_writes_safetensors_and_results(small_data, tmp_path)
     r2 = train(str(final), 2, data=small_data["instruct"], image_folder=small_data["image_folder"],
                output_dir=tmp_path / "s2", max_steps=3, eval_data=small_data["test"], **FAST)
     assert r2["template"] == "vicuna_v1" and 0.0 <= r2["eval_accuracy"] <= 1.0
+    # the tiny stage-2 recipe switches both towers to eager attention; stage 1 keeps the default
+    assert r1["attention"] == {"vision": "sdpa", "language": "sdpa"}
+    assert r2["attention"] == {"vision": "eager", "language": "eager"}
     assert 0.0 <= r2["eval_blank_accuracy"] <= 1.0
     assert set(r2["eval_by_type"]) == {"colour", "shape", "count", "position", "exists"}
     saved = json.loads((tmp_path / "s2" / "result.json").read_text())

@@ -1,6 +1,6 @@
 """Session 6's search for a tiny LLaVA-1.5 recipe that reaches 90% held-out accuracy inside the CPU budget.
 
-    python data/gpu/sweep_recipe.py OUT.jsonl [VARIANT ... | --from=N]
+    python data/gpu/sweep_recipe.py OUT.jsonl [VARIANT ... | --from=N | --from=N:M]
 
 The earlier sweeps (``sweep_compute.jsonl``, ``sweep_data.jsonl``) showed that the yes/no questions ("exists",
 "position") need about twice the stage-2 compute of the current recipe. A CPU step costs what its tokens cost
@@ -21,7 +21,8 @@ part instead). Five calls on one lent NVIDIA H200 on 2026-11-28 made ``sweep_rec
 59, 73. The first two ran before the recipe changed, so every setting there that does not name them ran in fp32
 without weight decay (the earlier defaults), ``BASE`` meaning 12 epochs at 5e-4. In calls 3-5 the recipe's
 attention was the model's default (SDPA); session 7 made eager attention part of the recipe and a sixth call
-(--from=82) ran it by name.
+(--from=82) ran it by name; a seventh (--from=87:95 on one GPU, --from=95 on the other) compared it with SDPA on
+the same seeds.
 
 Each variant trains stage 1 and stage 2 through the command line (the CPU recipe's code path; the GPU only makes
 the sweep fast) in its own cache folder, all variants at once, and appends one JSON line: held-out accuracy by
@@ -113,6 +114,15 @@ VARIANTS = {
     # CPU (data/benchmarks/cpu_step_time.json): does "exists" still come out in every seed?
     **{f"recipe, eager attention, seed {s}": dict(data={}, hp={"attn_implementation": "eager"}, seed=s)
        for s in (0, 1, 2, 3, 4)},
+    # seventh call: the same five seeds with SDPA (the recipe of calls 3-5), and two ways eager attention might
+    # learn "exists" more reliably: more epochs (what the CPU budget now affords), more weight decay
+    **{f"recipe, SDPA attention, seed {s}": dict(data={}, hp={"attn_implementation": "sdpa"}, seed=s)
+       for s in (0, 1, 2, 3, 4)},
+    **{f"recipe, eager attention, 14 epochs, seed {s}": dict(data={}, hp={"attn_implementation": "eager",
+                                                                          "epochs": 14}, seed=s)
+       for s in (0, 1, 2, 3, 4)},
+    **{f"recipe, eager attention, weight decay 1.0, seed {s}": dict(
+        data={}, hp={"attn_implementation": "eager", "weight_decay": 1.0}, seed=s) for s in (0, 1, 2, 3, 4)},
 }
 
 WORKER = r"""
@@ -157,8 +167,9 @@ def run(name: str) -> dict:
 
 if __name__ == "__main__":
     names = sys.argv[2:] or list(VARIANTS)
-    if names[0].startswith("--from="):  # the variants from the N-th on (a later call)
-        names = list(VARIANTS)[int(names[0].split("=")[1]):]
+    if names[0].startswith("--from="):  # the variants from the N-th on (a later call), or the N-th to the M-th
+        first, _, last = names[0].split("=")[1].partition(":")
+        names = list(VARIANTS)[int(first):int(last) if last else None]
     with ThreadPoolExecutor(len(names)) as ex:
         for future in as_completed([ex.submit(run, name) for name in names]):
             res = future.result()

@@ -5,9 +5,10 @@ machines):
 
     python data/gpu/tiny_pipeline_gpus.py data/gpu/tiny_pipeline_2gpu.json
 
-It records the GPUs and library versions, what each launched process sees (rank, device, backend, an
-all-reduce), an ``accelerate launch`` run (the multi-machine code path on one machine), and the whole tiny
-pipeline (stage 1, stage 2, held-out and blank-image accuracy) from an empty cache.
+It records the GPUs and library versions, which setups still let a process fork CUDA workers (``fork_probe``),
+what each launched process sees (rank, device, backend, an all-reduce), an ``accelerate launch`` run (the
+multi-machine code path on one machine), and the whole tiny pipeline (stage 1, stage 2, held-out and blank-image
+accuracy) from an empty cache.
 """
 
 import json
@@ -36,18 +37,69 @@ def who_am_i(out_dir):
     Path(out_dir, f"rank{acc.process_index}.json").write_text(json.dumps(info))
 
 
-def main(out_file: str) -> None:
-    import torch
+#: What a process may do before it forks workers that use CUDA, each tried in a fresh interpreter: a forked child
+#: then selects GPU 0 and allocates a tensor there (fails with "Cannot re-initialize CUDA in forked subprocess"
+#: or a CUDA initialization error when the parent's setup poisoned fork).
+FORK_PROBES = {
+    "import torch": "import torch",
+    "torch.cuda.device_count()": "import torch; torch.cuda.device_count()",
+    "torch.cuda.device_count(), NVML-based": "import os; os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] = '1'; "
+                                            "import torch; torch.cuda.device_count()",
+    "torch.cuda.is_available()": "import torch; torch.cuda.is_available()",
+    "import accelerate": "import torch, accelerate",
+    "import transformers": "import torch, transformers",
+    "import llava_nb.train": "import torch, llava_nb.train",
+}
+CHILD = """
+import os, sys, torch
+pid = os.fork()
+if pid == 0:
+    try:
+        torch.cuda.set_device(0); torch.ones(1, device="cuda")
+        os._exit(0)
+    except Exception as err:
+        sys.stderr.write(str(err).splitlines()[0]); os._exit(1)
+sys.exit(os.waitpid(pid, 0)[1] >> 8)
+"""
+
+
+def fork_probe() -> dict:
+    """For each setup in FORK_PROBES: can a forked child still use CUDA after it? (True, or the child's error.)"""
+    out = {}
+    for name, setup in FORK_PROBES.items():
+        p = subprocess.run([sys.executable, "-c", setup + "\n" + CHILD], capture_output=True, text=True)
+        out[name] = True if p.returncode == 0 else (p.stderr.strip().splitlines() or ["failed"])[-1][:300]
+    return out
+
+
+def launch_who_am_i(ranks: Path, n: int) -> str:
+    """``who_am_i`` on ``n`` processes through ``notebook_launcher`` (fork); where fork fails, as fresh processes
+    through ``accelerate launch`` (what ``llava_nb.train`` does too). Returns how they were started."""
     from accelerate import notebook_launcher
 
-    import llava_nb
+    try:
+        notebook_launcher(who_am_i, (str(ranks),), num_processes=n)
+        return "notebook_launcher (fork)"
+    except Exception as err:  # the children's error is in the log above
+        print(f"notebook_launcher failed ({type(err).__name__}); starting fresh processes instead", flush=True)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", __file__,
+                    "--who-am-i", str(ranks)], check=True)
+    return "accelerate launch (fresh processes), after notebook_launcher failed"
+
+
+def main(out_file: str) -> None:
+    probe = fork_probe()
+    print("fork probe:", json.dumps(probe), flush=True)
+    import torch
+
     from llava_nb.train import train
 
-    n = torch.cuda.device_count()  # does not initialise CUDA in this process (notebook_launcher requires that)
+    n = torch.cuda.device_count()  # torch.cuda.is_initialized() stays False (whether fork still works: the probe)
     ranks = WORK / "ranks"
     ranks.mkdir(parents=True, exist_ok=True)
     print("CUDA initialised in the parent before the launcher:", torch.cuda.is_initialized(), flush=True)
-    notebook_launcher(who_am_i, (str(ranks),), num_processes=n)
+    how = launch_who_am_i(ranks, n)
     print("CUDA initialised in the parent after the launcher:", torch.cuda.is_initialized(), flush=True)
     launcher = [json.loads(p.read_text()) for p in sorted(ranks.glob("rank*.json"))]
     start = time.perf_counter()
@@ -69,7 +121,8 @@ def main(out_file: str) -> None:
     record = {
         "gpu": torch.cuda.get_device_name(0), "gpus": n, "torch": torch.__version__, "cuda": torch.version.cuda,
         "nccl": ".".join(map(str, torch.cuda.nccl.version())), "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__, "python": sys.version.split()[0], "launcher": launcher,
+        "accelerate": accelerate.__version__, "python": sys.version.split()[0], "fork_probe": probe,
+        "launcher": launcher, "launcher_started_by": how,
         "accelerate_launch": accelerate_launch,
         "pipeline": {"seconds_wall": round(wall, 1), "seconds_stage2": result["seconds"],
                      "stage1": result.get("stage1"), "steps": result["steps"], "train_loss": result["train_loss"],
@@ -83,4 +136,7 @@ def main(out_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tiny_pipeline_gpus.json")
+    if sys.argv[1:2] == ["--who-am-i"]:  # a process started by accelerate launch (launch_who_am_i's fallback)
+        who_am_i(sys.argv[2])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "tiny_pipeline_gpus.json")
