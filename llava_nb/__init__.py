@@ -18,7 +18,15 @@ The chapters import everything they reuse from here; each module holds one conce
 * ``plotting`` / ``widgets``: the figures and widgets the chapters share.
 """
 
-from .architectures import (
+import os as _os
+
+# torch.cuda.is_available() "poisons fork" unless this is set: once a process has called it, the processes that
+# notebook_launcher forks from it fail with "Cannot re-initialize CUDA in forked subprocess" (measured on 2 x H200
+# with torch 2.11: data/gpu/tiny_pipeline_gpus.py's fork probe). With it, torch answers from NVML instead of
+# initialising the CUDA driver (https://docs.pytorch.org/docs/stable/generated/torch.cuda.is_available.html).
+_os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+from .architectures import (  # noqa: E402 (after the environment variable)
     KNOWN_MODELS,
     build_model,
     get_config,

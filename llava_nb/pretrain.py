@@ -265,11 +265,15 @@ def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batc
 
 
 def ensure_pretrained_parts(retrain: bool = False) -> tuple[Path, Path]:
-    """Paths of the pretrained ViT and LLM; trains whichever is missing (or both with ``retrain``)."""
-    if retrain or not (VISION_DIR / "model.safetensors").exists():
-        pretrain_vision()
-    if retrain or not (LANGUAGE_DIR / "model.safetensors").exists():
-        pretrain_language()
+    """Paths of the pretrained ViT and LLM; trains whichever is missing (or both with ``retrain``). Processes that
+    call it at once (the ranks of an ``accelerate launch``) take turns: one trains, the others load."""
+    from .paths import locked
+
+    with locked(PRETRAINED_DIR):  # also while another process is still writing the files
+        if retrain or not (VISION_DIR / "model.safetensors").exists():
+            pretrain_vision()
+        if retrain or not (LANGUAGE_DIR / "model.safetensors").exists():
+            pretrain_language()
     return VISION_DIR, LANGUAGE_DIR
 
 

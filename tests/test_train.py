@@ -1,5 +1,6 @@
 """train(): both stages, resume from a checkpoint, real-checkpoint code path, errors. Small and in-process."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -252,6 +253,7 @@ def test_lora_training_saves_an_adapter_that_reloads_onto_its_base_and_the_merge
               lora_alpha=16, lr=2e-3, **FAST)
     assert r["engine"] == "PeftModel" and r["steps"] == 3 and 0 <= r["eval_accuracy"] <= 1  # one process: no DDP
     assert r["hyperparams"]["lora_r"] == 8
+    assert r["attention"] == {"vision": "sdpa", "language": "sdpa"}  # TINY_LORA runs in fp32, where SDPA is faster
     merged, batch = assert_merged_equals_adapted(r, s1["final_dir"])
     with torch.no_grad():
         # training changed the model: the projector (trained in full) and the adapters
@@ -301,3 +303,32 @@ def test_max_grad_norm_clips_before_the_step(small_data, tmp_path):
         w = llava_nb.load_model(tmp_path / str(clip) / "final").model.multi_modal_projector.linear_1.weight
         moved[clip] = (w - w0).abs().max().item()
     assert moved[None] > 1e-5 and moved[1e-12] < moved[None] / 100
+
+
+def _prepare_data(barrier, cache_dir):
+    train_module = importlib.import_module("llava_nb.train")  # the module (llava_nb.train is also the function)
+    train_module.CACHE_DIR = cache_dir
+    barrier.wait()  # both processes start generating at once
+    train_module.synthetic_data("tiny-llava-1.5", n_images=60, n_test=12)
+
+
+def test_ranks_preparing_the_same_synthetic_data_take_turns(tmp_path, monkeypatch):
+    """The ranks of `accelerate launch -m llava_nb train` each call synthetic_data(); without the folder lock one
+    rank's clean-up deleted images the other had written, and the workers failed with "missing image file"."""
+    import multiprocessing
+
+    from llava_nb.data import load_conversations
+    from llava_nb.train import synthetic_data
+
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_prepare_data, args=(barrier, tmp_path)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    monkeypatch.setattr(importlib.import_module("llava_nb.train"), "CACHE_DIR", tmp_path)
+    data = synthetic_data("tiny-llava-1.5", n_images=60, n_test=12)  # ready: nothing is generated again
+    for key, n in (("captions", 60), ("instruct", 60), ("test", 12)):
+        assert len(load_conversations(data[key], data["image_folder"])) == n  # raises on any missing image

@@ -46,9 +46,11 @@ FORK_PROBES = {
     "torch.cuda.device_count(), NVML-based": "import os; os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] = '1'; "
                                             "import torch; torch.cuda.device_count()",
     "torch.cuda.is_available()": "import torch; torch.cuda.is_available()",
+    "torch.cuda.is_available(), NVML-based": "import os; os.environ['PYTORCH_NVML_BASED_CUDA_CHECK'] = '1'; "
+                                            "import torch; torch.cuda.is_available()",
     "import accelerate": "import torch, accelerate",
     "import transformers": "import torch, transformers",
-    "import llava_nb.train": "import torch, llava_nb.train",
+    "import llava_nb.train": "import torch, llava_nb.train",  # llava_nb sets the NVML-based check
 }
 CHILD = """
 import os, sys, torch
