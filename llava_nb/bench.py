@@ -20,7 +20,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from .paths import BENCHMARKS_DIR, REPO_ROOT
+from .paths import BENCHMARKS_DIR, DATA_DIR, REPO_ROOT
 
 BUDGET_S = 90.0
 
@@ -53,7 +53,8 @@ ACCURACY_TARGET = 0.9
 def bench_pipeline(model: str = "tiny-llava-1.5") -> dict:
     """Run the tiny pipeline from an empty cache, pretraining included, as a reader runs it: one command,
     ``python -m llava_nb train --model M --stage 2``, which trains the missing pretrained parts, stage 1 and stage 2
-    and evaluates. Records the wall time, the parts' own training times (from their logs), and the accuracies."""
+    and evaluates. Records the wall time, the parts' own training times (from their logs), whether the parts it
+    trained are bit for bit the committed ones, and the accuracies."""
     import subprocess
     import tempfile
 
@@ -68,12 +69,14 @@ def bench_pipeline(model: str = "tiny-llava-1.5") -> dict:
             raise RuntimeError(f"expected the two pretrained parts' logs under {tmp}/pretrained, found {len(logs)}")
         summary = json.loads(out.strip().splitlines()[-1])  # the command's last line; the run's result.json has all
         result = json.loads((Path(summary["final_dir"]).parent / "result.json").read_text())
+        same_parts = {part.parent.name: _same_weights(part, DATA_DIR / "pretrained" / part.parent.name / part.name)
+                      for part in sorted(Path(tmp, "pretrained").glob("*/model.safetensors"))}
     record = {"model": model, "seconds_total": round(total, 1),
               "seconds_pretraining": round(sum(log["seconds"] for log in logs), 1),
               "seconds_stage1": result["stage1"]["seconds"], "seconds_stage2": result["seconds"],
               "eval_accuracy": result["eval_accuracy"], "eval_blank_accuracy": result["eval_blank_accuracy"],
               "eval_by_type": result["eval_by_type"], "num_processes": result["num_processes"],
-              "stage2_steps": result["steps"],
+              "stage2_steps": result["steps"], "parts_equal_committed": same_parts,
               "stage2_recipe": {k: result["hyperparams"][k] for k in ("epochs", "lr", "batch_size", "weight_decay",
                                                                       "mixed_precision", "attn_implementation",
                                                                       "group_by_length")},
@@ -118,6 +121,15 @@ def bench_step_time(model: str = "tiny-llava-1.5", micro_batch: int = 16, thread
               "rows": rows, "machine": machine(), "date": date.today().isoformat()}
     (BENCHMARKS_DIR / "cpu_step_time.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two safetensors files hold bit-identical tensors under the same names."""
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = load_file(a), load_file(b) if b.exists() else {}
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
 MEMORY_BUDGET_MS = 5.0

@@ -271,10 +271,28 @@ def ensure_pretrained_parts(retrain: bool = False) -> tuple[Path, Path]:
 
     with locked(PRETRAINED_DIR):  # also while another process is still writing the files
         if retrain or not (VISION_DIR / "model.safetensors").exists():
-            pretrain_vision()
+            _train_in_child("pretrain_vision")
         if retrain or not (LANGUAGE_DIR / "model.safetensors").exists():
-            pretrain_language()
+            _train_in_child("pretrain_language")
     return VISION_DIR, LANGUAGE_DIR
+
+
+def _train_in_child(function: str, **kwargs) -> None:
+    """Run ``function(**kwargs)`` of this module in a child Python process (same environment, torch's default
+    threads; ``kwargs`` as Python literals).
+
+    Training here would import ``transformers.optimization``, which imports peft, which imports bitsandbytes; after
+    that, ``accelerate.notebook_launcher`` refuses to fork ("Libraries known to initialize device upon import have
+    been imported already"), so ``train()`` would start its workers as fresh processes, about 5 s more per stage
+    on a CPU, and a notebook's kernel would stay that way. The child keeps this process as it was."""
+    import subprocess
+    import sys
+
+    call = f"{function}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    child = subprocess.run([sys.executable, "-c", f"from llava_nb.pretrain import {function}; {call}"],
+                           capture_output=True, text=True)
+    if child.returncode:
+        raise RuntimeError(f"{function}() failed in its child process:\n{child.stderr[-3000:]}")
 
 
 def _resize_position_embeddings(weight: torch.Tensor, side: int) -> torch.Tensor:

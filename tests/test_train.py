@@ -332,3 +332,30 @@ def test_ranks_preparing_the_same_synthetic_data_take_turns(tmp_path, monkeypatc
     data = synthetic_data("tiny-llava-1.5", n_images=60, n_test=12)  # ready: nothing is generated again
     for key, n in (("captions", 60), ("instruct", 60), ("test", 12)):
         assert len(load_conversations(data[key], data["image_folder"])) == n  # raises on any missing image
+
+
+def test_pretraining_in_a_child_keeps_the_process_fork_clean(tmp_path):
+    """A part trains in a child process: the caller never imports bitsandbytes (through transformers.optimization
+    and peft), after which notebook_launcher refuses to fork; and the child trains what the caller would have."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from llava_nb.pretrain import pretrain_vision
+
+    code = ("import sys; from llava_nb.pretrain import _train_in_child; "
+            f"_train_in_child('pretrain_vision', out_dir={str(tmp_path / 'child')!r}, steps=3, batch_size=8); "
+            "print(sorted(m for m in ('bitsandbytes', 'peft', 'transformers.optimization') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    pretrain_vision(out_dir=tmp_path / "here", steps=3, batch_size=8)
+    child, here = (load_file(tmp_path / d / "model.safetensors") for d in ("child", "here"))
+    assert child.keys() == here.keys()
+    # the same seed, data and steps: the same weights (to rounding: the child runs with torch's default thread
+    # count, which this process may have changed)
+    assert all(torch.allclose(child[k], here[k], atol=1e-5) for k in child)
+    from llava_nb.pretrain import _train_in_child
+
+    with pytest.raises(RuntimeError, match=r"(?s)pretrain_vision\(\) failed in its child process:.*no_such_argument"):
+        _train_in_child("pretrain_vision", no_such_argument=1)
