@@ -265,15 +265,25 @@ def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batc
 
 
 def ensure_pretrained_parts(retrain: bool = False) -> tuple[Path, Path]:
-    """Paths of the pretrained ViT and LLM; trains whichever is missing (or both with ``retrain``). Processes that
-    call it at once (the ranks of an ``accelerate launch``) take turns: one trains, the others load."""
+    """Paths of the pretrained ViT and LLM; trains whichever is missing (or both with ``retrain``).
+
+    Each part is trained into a temporary folder and renamed into place, so a part that exists is whole. Processes
+    that find a part missing at once (the ranks of an ``accelerate launch``) take turns under a lock: the first
+    trains it, the others find it there."""
+    import shutil
+
     from .paths import locked
 
-    with locked(PRETRAINED_DIR):  # also while another process is still writing the files
-        if retrain or not (VISION_DIR / "model.safetensors").exists():
-            _train_in_child("pretrain_vision")
-        if retrain or not (LANGUAGE_DIR / "model.safetensors").exists():
-            _train_in_child("pretrain_language")
+    parts = {"pretrain_vision": VISION_DIR, "pretrain_language": LANGUAGE_DIR}
+    if retrain or not all((folder / "model.safetensors").exists() for folder in parts.values()):
+        with locked(PRETRAINED_DIR):
+            for function, folder in parts.items():
+                if retrain or not (folder / "model.safetensors").exists():
+                    tmp = folder.with_name(folder.name + ".tmp")
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    _train_in_child(function, out_dir=str(tmp))
+                    shutil.rmtree(folder, ignore_errors=True)
+                    tmp.rename(folder)
     return VISION_DIR, LANGUAGE_DIR
 
 

@@ -68,8 +68,8 @@ COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="
               max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
               find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=3000, n_test=300,
               gradient_checkpointing=False, group_by_length=False, force=False,
-              lora_r=128, lora_alpha=256, lora_dropout=0.05, max_grad_norm=None,
-              attn_implementation=None)  # None: the model's own default  # LoRA: LLaVA's finetune_lora.sh
+              lora_r=128, lora_alpha=256, lora_dropout=0.05,  # LoRA: LLaVA's finetune_lora.sh
+              max_grad_norm=None, attn_implementation=None)  # None: the model's own attention
 
 
 class TrainingError(RuntimeError):
@@ -119,11 +119,10 @@ def synthetic_data(model: str, seed: int = 0, n_images: int = 3000, n_test: int 
     """The synthetic data set for a tiny model (square images for v1/v1.5, several aspect ratios for v1.6),
     generated once into the cache."""
     from .architectures import get_config
+    from .paths import locked
     from .synthetic import generate
 
     sizes = "anyres" if get_config(model).model_type == "llava_next" else "square"
-    from .paths import locked
-
     folder = CACHE_DIR / "synthetic" / f"{sizes}-{n_images}-{n_test}-seed{seed}"
     done = folder / "test.json"
     if not done.exists():

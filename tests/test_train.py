@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,37 @@ def test_pretraining_in_a_child_keeps_the_process_fork_clean(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"(?s)pretrain_vision\(\) failed in its child process:.*no_such_argument"):
         _train_in_child("pretrain_vision", no_such_argument=1)
+
+
+def _prepare_parts(barrier, folder, calls):
+    pretrain = importlib.import_module("llava_nb.pretrain")
+    pretrain.PRETRAINED_DIR, pretrain.VISION_DIR, pretrain.LANGUAGE_DIR = folder, folder / "vit", folder / "llm"
+
+    def fake_training(function, out_dir):  # slow enough for the other process to arrive while it runs
+        with open(calls, "a") as f:
+            f.write(function + "\n")
+        time.sleep(0.5)
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "model.safetensors").write_text(function)
+
+    pretrain._train_in_child = fake_training
+    barrier.wait()
+    pretrain.ensure_pretrained_parts()
+
+
+def test_ranks_needing_the_pretrained_parts_train_each_once(tmp_path):
+    """Two processes (an accelerate launch's ranks) find the parts missing at once: one trains each part, the other
+    waits for it, and each part appears whole in its folder."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, calls = ctx.Barrier(2), tmp_path / "calls.txt"
+    procs = [ctx.Process(target=_prepare_parts, args=(barrier, tmp_path / "parts", calls)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(calls.read_text().split()) == ["pretrain_language", "pretrain_vision"]
+    assert (tmp_path / "parts" / "vit" / "model.safetensors").read_text() == "pretrain_vision"
+    assert not list((tmp_path / "parts").glob("*.tmp"))
