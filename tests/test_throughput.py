@@ -58,3 +58,19 @@ def test_committed_engine_runs_are_complete():
         (m, g, c) for m in ("zero3", "fsdp") for g in (2, 4) for c in (True, False)}
     assert len({p["label"] for p in phases}) == len(phases)
     assert {(r["name"], r["num_processes"]) for r in runs["tiny"]} == {(m, g) for m in ("zero3", "fsdp") for g in (2, 4)}
+
+
+def test_cpu_step_profile_times_real_training_steps_and_names_the_costliest_operators():
+    from llava_nb.measure import synthetic_batch
+    from llava_nb.stages import freeze_for_stage
+    from llava_nb.throughput import cpu_step_profile
+
+    model = freeze_for_stage(llava_nb.build_model("tiny-llava-1.5"), "stage2")
+    model.set_attn_implementation("eager")
+    batch = synthetic_batch(model.config, 2, 60, torch.device("cpu"))
+    before = model.lm_head.weight.detach().clone()
+    out = cpu_step_profile(model, batch, bf16=True, steps=2, warmup=1, top=3)
+    assert out["step_ms"] > 0 and len(out["top_ops"]) == 3
+    times = list(out["top_ops"].values())
+    assert times == sorted(times, reverse=True) and all(isinstance(name, str) and name for name in out["top_ops"])
+    assert not torch.equal(before, model.lm_head.weight)  # the steps really trained (forward, backward, AdamW)
