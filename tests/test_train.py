@@ -306,6 +306,21 @@ def test_max_grad_norm_clips_before_the_step(small_data, tmp_path):
     assert moved[None] > 1e-5 and moved[1e-12] < moved[None] / 100
 
 
+def _run_at_once(target, *args) -> list[int]:
+    """Run ``target(barrier, *args)`` in two forked processes (as an accelerate launch's two ranks); ``target``
+    waits at the barrier so that both start together. Returns their exit codes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=target, args=(barrier, *args)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    return [p.exitcode for p in procs]
+
+
 def _prepare_data(barrier, cache_dir):
     train_module = importlib.import_module("llava_nb.train")  # the module (llava_nb.train is also the function)
     train_module.CACHE_DIR = cache_dir
@@ -316,19 +331,10 @@ def _prepare_data(barrier, cache_dir):
 def test_ranks_preparing_the_same_synthetic_data_take_turns(tmp_path, monkeypatch):
     """The ranks of `accelerate launch -m llava_nb train` each call synthetic_data(); without the folder lock one
     rank's clean-up deleted images the other had written, and the workers failed with "missing image file"."""
-    import multiprocessing
-
     from llava_nb.data import load_conversations
     from llava_nb.train import synthetic_data
 
-    ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_prepare_data, args=(barrier, tmp_path)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert _run_at_once(_prepare_data, tmp_path) == [0, 0]
     monkeypatch.setattr(importlib.import_module("llava_nb.train"), "CACHE_DIR", tmp_path)
     data = synthetic_data("tiny-llava-1.5", n_images=60, n_test=12)  # ready: nothing is generated again
     for key, n in (("captions", 60), ("instruct", 60), ("test", 12)):
@@ -381,16 +387,8 @@ def _prepare_parts(barrier, folder, calls):
 def test_ranks_needing_the_pretrained_parts_train_each_once(tmp_path):
     """Two processes (an accelerate launch's ranks) find the parts missing at once: one trains each part, the other
     waits for it, and each part appears whole in its folder."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    barrier, calls = ctx.Barrier(2), tmp_path / "calls.txt"
-    procs = [ctx.Process(target=_prepare_parts, args=(barrier, tmp_path / "parts", calls)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    calls = tmp_path / "calls.txt"
+    assert _run_at_once(_prepare_parts, tmp_path / "parts", calls) == [0, 0]
     assert sorted(calls.read_text().split()) == ["pretrain_language", "pretrain_vision"]
     assert (tmp_path / "parts" / "vit" / "model.safetensors").read_text() == "pretrain_vision"
     assert not list((tmp_path / "parts").glob("*.tmp"))
