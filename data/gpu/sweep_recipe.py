@@ -22,7 +22,7 @@ part instead). Five calls on one lent NVIDIA H200 on 2026-11-28 made ``sweep_rec
 without weight decay (the earlier defaults), ``BASE`` meaning 12 epochs at 5e-4. In calls 3-5 the recipe's
 attention was the model's default (SDPA); session 7 made eager attention part of the recipe and a sixth call
 (--from=82) ran it by name; a seventh (--from=87:95 on one GPU, --from=95 on the other) compared it with SDPA on
-the same seeds.
+the same seeds, and an eighth (--from=102) ran both on five more seeds.
 
 Each variant trains stage 1 and stage 2 through the command line (the CPU recipe's code path; the GPU only makes
 the sweep fast) in its own cache folder, all variants at once, and appends one JSON line: held-out accuracy by
@@ -123,6 +123,12 @@ VARIANTS = {
        for s in (0, 1, 2, 3, 4)},
     **{f"recipe, eager attention, weight decay 1.0, seed {s}": dict(
         data={}, hp={"attn_implementation": "eager", "weight_decay": 1.0}, seed=s) for s in (0, 1, 2, 3, 4)},
+    # eighth call: five more seeds for the new recipe (14 epochs, eager) and for the old one (12 epochs, SDPA)
+    **{f"recipe, eager attention, 14 epochs, seed {s}": dict(data={}, hp={"attn_implementation": "eager",
+                                                                          "epochs": 14}, seed=s)
+       for s in (5, 6, 7, 8, 9)},
+    **{f"recipe, SDPA attention, seed {s}": dict(data={}, hp={"attn_implementation": "sdpa"}, seed=s)
+       for s in (5, 6, 7, 8, 9)},
 }
 
 WORKER = r"""
