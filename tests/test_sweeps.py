@@ -59,15 +59,18 @@ def test_committed_recipe_sweep_supports_the_recipe():
         assert runs[(rest == k) & ~grouped]["acc"].mean() > runs[(rest == k) & grouped]["acc"].mean()
 
 
-def test_committed_recipe_is_the_setting_that_reached_the_target_in_every_seed():
-    """The tiny stage-2 recipe (14 epochs, eager attention) is the sweep's setting that reached 90% in all five
-    seeds, while 12 epochs, with either attention kernel, missed in some (chapter 04)."""
+def test_committed_recipe_is_what_the_sweep_supports():
+    """The tiny stage-2 recipe (14 epochs, eager attention): on the seeds that ran both, 14 epochs beat 12 in mean
+    accuracy; over ten seeds it averages above the target, without reaching it in every seed (chapter 04)."""
     from llava_nb.train import TINY_HYPERPARAMS
 
     recipe = TINY_HYPERPARAMS[2]
     assert (recipe["epochs"], recipe["attn_implementation"]) == (14, "eager")
-    settings = by_setting(load_sweep(DATA_DIR / "gpu" / "sweep_recipe.jsonl"))
-    now = settings.loc["recipe, eager attention, 14 epochs"]
-    assert now["runs"] == 5 and now["runs ≥ 90%"] == 5
-    for twelve in ("recipe, SDPA attention", "recipe, eager attention"):
-        assert settings.loc[twelve, "runs"] == 5 and settings.loc[twelve, "runs ≥ 90%"] < 5
+    runs = load_sweep(DATA_DIR / "gpu" / "sweep_recipe.jsonl")
+    setting = runs["name"].str.replace(r", seed \d+$", "", regex=True)
+    seed = runs["name"].str.extract(r"seed (\d+)$")[0].fillna("0").astype(int)
+    now, twelve = (runs[(setting == s) & (seed <= 4)]["acc"].mean()
+                   for s in ("recipe, eager attention, 14 epochs", "recipe, eager attention"))
+    assert now > twelve
+    ten = by_setting(runs).loc["recipe, eager attention, 14 epochs"]
+    assert ten["runs"] == 10 and ten["mean accuracy"] > 0.9 and ten["runs ≥ 90%"] < ten["runs"]
