@@ -74,11 +74,12 @@ built-book: venv
 browser: venv
 	LLAVA_NB_BUILT_BOOK=$(EXECUTED)/_build/html $(PY) -m pytest -q -p no:cacheprovider tests/test_built_book.py
 
-# Time the tiny pipeline from nothing (data/benchmarks/tiny_pipeline.json), one CPU training step by attention
-# kernel and precision (cpu_step_time.json), the memory calculator and each chapter's execution
-# (data/benchmarks/chapters.json).
+# Time the tiny pipeline from nothing (data/benchmarks/tiny_pipeline.json), its stages with other seeds
+# (tiny_seeds.json), one CPU training step by attention kernel and precision (cpu_step_time.json), the memory
+# calculator and each chapter's execution (chapters.json).
 bench: venv
 	$(PY) -m llava_nb.bench pipeline
+	$(PY) -m llava_nb.bench seeds
 	$(PY) -m llava_nb.bench step-time
 	$(PY) -m llava_nb.bench memory
 	$(PY) -m llava_nb.bench $(CHAPTERS)

@@ -4,6 +4,8 @@
   and the book build run it (kernel start included) -> ``chapters.json``;
 * ``python -m llava_nb.bench pipeline``: the whole tiny pipeline from nothing (pretrained parts, synthetic data,
   stage 1, stage 2, evaluation), in temporary folders, through one command line -> ``tiny_pipeline.json``;
+* ``python -m llava_nb.bench seeds``: the tiny recipe's stages 1 and 2 with seeds 0, 1 and 2 (seed 0 is the
+  pipeline's run) -> ``tiny_seeds.json``;
 * ``python -m llava_nb.bench step-time``: one stage-2 training step of the tiny LLaVA-1.5 on one CPU core (each
   of the 2 training processes' share), SDPA or eager attention, fp32 or bf16 autocast -> ``cpu_step_time.json``;
 * ``python -m llava_nb.bench memory``: how long one ``estimate_memory`` call takes once the model's shapes are
@@ -87,6 +89,33 @@ def bench_pipeline(model: str = "tiny-llava-1.5") -> dict:
     return record
 
 
+def bench_seeds(model: str = "tiny-llava-1.5", seeds: tuple = (0, 1, 2)) -> dict:
+    """Run the tiny recipe's stage 2 (and its stage 1) with each seed, as a reader does:
+    ``python -m llava_nb train --model M --stage 2 --seed S``, from the committed pretrained parts, in a temporary
+    cache. A seed changes the synthetic data, the held-out questions and the initialisation. Seed 0 is the pipeline
+    benchmark's run, so its accuracy must equal the benchmark's (the runs are deterministic)."""
+    import subprocess
+    import tempfile
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            env = {**os.environ, "LLAVA_NB_CACHE": f"{tmp}/cache"}
+            out = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", model, "--stage", "2",
+                                  "--seed", str(seed), "--set", "log_every=0"], env=env, check=True,
+                                 capture_output=True, text=True).stdout
+            summary = json.loads(out.strip().splitlines()[-1])  # the command's last line; result.json has all
+            r = json.loads((Path(summary["final_dir"]).parent / "result.json").read_text())
+            runs.append({"seed": seed, "eval_accuracy": r["eval_accuracy"], "eval_by_type": r["eval_by_type"],
+                         "eval_blank_accuracy": r["eval_blank_accuracy"], "seconds_stage2": r["seconds"],
+                         "epochs": r["hyperparams"]["epochs"],
+                         "attn_implementation": r["hyperparams"]["attn_implementation"]})
+    record = {"model": model, "runs": runs, "accuracy_target": ACCURACY_TARGET, "machine": machine(),
+              "date": date.today().isoformat()}
+    (BENCHMARKS_DIR / "tiny_seeds.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def bench_step_time(model: str = "tiny-llava-1.5", micro_batch: int = 16, threads: int = 1) -> dict:
     """Time one stage-2 step (``throughput.cpu_step_profile``) of the tiny recipe's model on the first
     ``micro_batch`` samples of its synthetic data, on ``threads`` threads, for each attention kernel and precision.
@@ -167,6 +196,10 @@ def main(paths: list[str]) -> int:
         record = bench_memory()
         print(json.dumps({k: record[k] for k in ("max_median_ms", "within_budget", "first_call_s")}))
         return 0 if record["within_budget"] else 1
+    if paths == ["seeds"]:
+        record = bench_seeds()
+        print(json.dumps([{k: r[k] for k in ("seed", "eval_accuracy")} for r in record["runs"]]))
+        return 0
     if paths == ["step-time"]:
         record = bench_step_time()
         print(json.dumps([{k: r[k] for k in ("attention", "precision", "step_ms")} for r in record["rows"]]))
