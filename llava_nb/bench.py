@@ -52,25 +52,32 @@ PIPELINE_BUDGET_S = 300.0
 ACCURACY_TARGET = 0.9
 
 
+def _train_stage2(model: str, env: dict, *args: str) -> dict:
+    """Run ``python -m llava_nb train --model M --stage 2 [args]`` as a reader does, in ``env``, and return the
+    run's ``result.json`` (the command's last line is a summary that names the run's folder)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", model, "--stage", "2", *args,
+                          "--set", "log_every=0"], env=env, check=True, capture_output=True, text=True).stdout
+    summary = json.loads(out.strip().splitlines()[-1])
+    return json.loads((Path(summary["final_dir"]).parent / "result.json").read_text())
+
+
 def bench_pipeline(model: str = "tiny-llava-1.5") -> dict:
     """Run the tiny pipeline from an empty cache, pretraining included, as a reader runs it: one command,
     ``python -m llava_nb train --model M --stage 2``, which trains the missing pretrained parts, stage 1 and stage 2
     and evaluates. Records the wall time, the parts' own training times (from their logs), whether the parts it
     trained are bit for bit the committed ones, and the accuracies."""
-    import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "LLAVA_NB_CACHE": f"{tmp}/cache", "LLAVA_NB_PRETRAINED": f"{tmp}/pretrained"}
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", model, "--stage", "2",
-                              "--set", "log_every=0"], env=env, check=True, capture_output=True, text=True).stdout
+        result = _train_stage2(model, env)
         total = time.perf_counter() - start
         logs = [json.loads(p.read_text()) for p in sorted(Path(tmp, "pretrained").glob("*/training_log.json"))]
         if len(logs) != 2:
             raise RuntimeError(f"expected the two pretrained parts' logs under {tmp}/pretrained, found {len(logs)}")
-        summary = json.loads(out.strip().splitlines()[-1])  # the command's last line; the run's result.json has all
-        result = json.loads((Path(summary["final_dir"]).parent / "result.json").read_text())
         same_parts = {part.parent.name: _same_weights(part, DATA_DIR / "pretrained" / part.parent.name / part.name)
                       for part in sorted(Path(tmp, "pretrained").glob("*/model.safetensors"))}
     record = {"model": model, "seconds_total": round(total, 1),
@@ -94,18 +101,13 @@ def bench_seeds(model: str = "tiny-llava-1.5", seeds: tuple = (0, 1, 2)) -> dict
     ``python -m llava_nb train --model M --stage 2 --seed S``, from the committed pretrained parts, in a temporary
     cache. A seed changes the synthetic data, the held-out questions and the initialisation. Seed 0 is the pipeline
     benchmark's run, so its accuracy must equal the benchmark's (the runs are deterministic)."""
-    import subprocess
     import tempfile
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "LLAVA_NB_CACHE": f"{tmp}/cache"}
         for seed in seeds:
-            env = {**os.environ, "LLAVA_NB_CACHE": f"{tmp}/cache"}
-            out = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", model, "--stage", "2",
-                                  "--seed", str(seed), "--set", "log_every=0"], env=env, check=True,
-                                 capture_output=True, text=True).stdout
-            summary = json.loads(out.strip().splitlines()[-1])  # the command's last line; result.json has all
-            r = json.loads((Path(summary["final_dir"]).parent / "result.json").read_text())
+            r = _train_stage2(model, env, "--seed", str(seed))
             runs.append({"seed": seed, "eval_accuracy": r["eval_accuracy"], "eval_by_type": r["eval_by_type"],
                          "eval_blank_accuracy": r["eval_blank_accuracy"], "seconds_stage2": r["seconds"],
                          "epochs": r["hyperparams"]["epochs"],

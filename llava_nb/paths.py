@@ -1,8 +1,9 @@
-"""Where the package finds the book's committed data (tokenizer, images, benchmarks), and a lock for folders that
-several processes may prepare at once."""
+"""Where the package finds the book's committed data (tokenizer, images, benchmarks), and how a folder that several
+processes may need at once (synthetic data, pretrained parts) is built once."""
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 #: Repository root when the package is installed editable (as ``make`` does).
@@ -18,13 +19,8 @@ BENCHMARKS_DIR = DATA_DIR / "benchmarks"
 
 @contextlib.contextmanager
 def locked(folder: Path):
-    """Hold an exclusive lock on ``folder`` (a ``.lock`` file beside it) for the ``with`` block.
-
-    The ranks of ``accelerate launch -m llava_nb train`` each run ``train()``, so each would generate the missing
-    synthetic data or pretrained parts into the same folder at once, and one rank's clean-up would delete files
-    another had just written ("missing image file" in a worker). Under the lock they take turns: the first one
-    prepares the folder, the others find it ready. (POSIX ``fcntl.flock``; released when the block ends or the
-    process dies.)"""
+    """Hold an exclusive lock on ``folder`` (a ``.lock`` file beside it) for the ``with`` block. (POSIX
+    ``fcntl.flock``; released when the block ends or the process dies.)"""
     import fcntl
 
     lock_file = Path(folder).with_name(Path(folder).name + ".lock")
@@ -35,3 +31,23 @@ def locked(folder: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(folder: Path, marker: str, build, rebuild: bool = False) -> Path:
+    """Build ``folder`` with ``build(tmp)`` unless ``folder/marker`` exists (or always, with ``rebuild``).
+
+    ``build`` writes into a temporary sibling folder, which is renamed into place, so a folder whose marker exists
+    is whole. The ranks of ``accelerate launch -m llava_nb train`` each run ``train()``, so each would build a
+    missing folder at once, and one rank's clean-up would delete files another had just written ("missing image
+    file" in a worker). Under ``locked`` they take turns: the first builds, the others find the folder built."""
+    folder = Path(folder)
+    if (folder / marker).exists() and not rebuild:
+        return folder
+    with locked(folder):
+        if rebuild or not (folder / marker).exists():
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+    return folder

@@ -265,25 +265,13 @@ def pretrain_language(out_dir: Path | str = LANGUAGE_DIR, steps: int = 300, batc
 
 
 def ensure_pretrained_parts(retrain: bool = False) -> tuple[Path, Path]:
-    """Paths of the pretrained ViT and LLM; trains whichever is missing (or both with ``retrain``).
+    """Paths of the pretrained ViT and LLM; trains whichever is missing (or both with ``retrain``), each once even
+    when several processes ask at once (``paths.build_once``)."""
+    from .paths import build_once
 
-    Each part is trained into a temporary folder and renamed into place, so a part that exists is whole. Processes
-    that find a part missing at once (the ranks of an ``accelerate launch``) take turns under a lock: the first
-    trains it, the others find it there."""
-    import shutil
-
-    from .paths import locked
-
-    parts = {"pretrain_vision": VISION_DIR, "pretrain_language": LANGUAGE_DIR}
-    if retrain or not all((folder / "model.safetensors").exists() for folder in parts.values()):
-        with locked(PRETRAINED_DIR):
-            for function, folder in parts.items():
-                if retrain or not (folder / "model.safetensors").exists():
-                    tmp = folder.with_name(folder.name + ".tmp")
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    _train_in_child(function, out_dir=str(tmp))
-                    shutil.rmtree(folder, ignore_errors=True)
-                    tmp.rename(folder)
+    for function, folder in (("pretrain_vision", VISION_DIR), ("pretrain_language", LANGUAGE_DIR)):
+        build_once(folder, "model.safetensors", lambda tmp, f=function: _train_in_child(f, out_dir=str(tmp)),
+                   rebuild=retrain)
     return VISION_DIR, LANGUAGE_DIR
 
 

@@ -120,20 +120,12 @@ def synthetic_data(model: str, seed: int = 0, n_images: int = 3000, n_test: int 
     """The synthetic data set for a tiny model (square images for v1/v1.5, several aspect ratios for v1.6),
     generated once into the cache."""
     from .architectures import get_config
-    from .paths import locked
+    from .paths import build_once
     from .synthetic import generate
 
     sizes = "anyres" if get_config(model).model_type == "llava_next" else "square"
-    folder = CACHE_DIR / "synthetic" / f"{sizes}-{n_images}-{n_test}-seed{seed}"
-    done = folder / "test.json"
-    if not done.exists():
-        with locked(folder):  # the ranks of an `accelerate launch` take turns: one generates, the others reuse
-            if not done.exists():
-                tmp = folder.with_name(folder.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                generate(tmp, n_images=n_images, n_test=n_test, seed=seed, sizes=sizes)
-                shutil.rmtree(folder, ignore_errors=True)
-                tmp.rename(folder)
+    folder = build_once(CACHE_DIR / "synthetic" / f"{sizes}-{n_images}-{n_test}-seed{seed}", "test.json",
+                        lambda tmp: generate(tmp, n_images=n_images, n_test=n_test, seed=seed, sizes=sizes))
     return {"captions": folder / "captions.json", "instruct": folder / "instruct.json", "test": folder / "test.json",
             "image_folder": folder / "images"}
 
