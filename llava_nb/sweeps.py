@@ -48,7 +48,8 @@ def best_accuracy_from(qtype: str, features: tuple[str, ...] = ("count",), n: in
 
 def load_sweep(path: Path | str):
     """A sweep's JSON lines (``data/gpu/sweep_*.jsonl``) as a DataFrame: one row per run, ``by_type`` spread
-    into one column per question type; lines that record an error are dropped (and counted in ``attrs``)."""
+    into one column per question type, and ``setting``, the run's name without its seed; lines that record an
+    error are dropped (and counted in ``attrs``)."""
     import pandas as pd
 
     runs = pd.read_json(path, lines=True)
@@ -57,6 +58,7 @@ def load_sweep(path: Path | str):
         runs = runs[runs["error"].isna()].drop(columns="error")
     types = pd.DataFrame(list(runs["by_type"]), index=runs.index)
     runs = pd.concat([runs.drop(columns="by_type"), types], axis=1)
+    runs["setting"] = runs["name"].str.replace(r",? seed \d+$", "", regex=True)
     runs.attrs["failed"] = failed
     return runs
 
@@ -65,7 +67,7 @@ def by_setting(runs, target: float = 0.9):
     """Group runs with the same settings (``data``, ``hp``, ``stage1``, ``pretrain``) that differ only in their
     seed: number of runs, mean and range of held-out accuracy, mean accuracy on the two yes/no types, how many runs
     reached ``target``, and whether stage 2's batches were grouped by length. Each group is labelled by its first
-    run's name without the seed."""
+    run's ``setting`` (``load_sweep``: the name without the seed)."""
     import json
 
     import pandas as pd
@@ -74,7 +76,7 @@ def by_setting(runs, target: float = 0.9):
     key = runs[cols].apply(lambda row: json.dumps([row[c] if isinstance(row[c], dict) else {} for c in cols],
                                                   sort_keys=True), axis=1)
     grouped_by_length = runs["hp"].apply(lambda hp: bool(isinstance(hp, dict) and hp.get("group_by_length")))
-    label = runs["name"].str.replace(r",? seed \d+$", "", regex=True)
+    label = runs["setting"]
     label = label.where(~grouped_by_length | label.str.contains("grouped"), label + ", grouped")
     g = runs.assign(key=key, reached=runs["acc"] >= target, grouped=grouped_by_length).groupby("key", sort=False)
     table = pd.DataFrame({"setting": label.groupby(key, sort=False).first(), "runs": g.size(),
