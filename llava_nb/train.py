@@ -54,8 +54,8 @@ TINY_HYPERPARAMS = {
 }
 #: LoRA on the tiny models: LLaVA's rank-to-width ratio would leave r = 4 at width 128, so r = 16 with LLaVA's
 #: alpha = 2 r; and, as LLaVA's LoRA recipe (2e-4) against its full fine-tuning (2e-5), a higher learning rate.
-#: LoRA and QLoRA keep the shorter schedule they were built with (6 epochs in fp32, no weight decay): half the
-#: CPU time of the full fine-tuning recipe, which the LoRA and QLoRA chapters say when they compare the two. In
+#: LoRA and QLoRA keep the shorter schedule they were built with (6 epochs in fp32, no weight decay), which keeps
+#: their chapters' first runs short; the LoRA and QLoRA chapters show the epochs when they compare the two. In
 #: fp32 SDPA is the faster attention on a CPU (``bench step-time``), so they keep the default.
 TINY_LORA = dict(lr=2e-3, epochs=6, weight_decay=0.0, mixed_precision="no", attn_implementation=None, lora_r=16,
                  lora_alpha=32)
