@@ -65,7 +65,7 @@ unit: venv
 
 # nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite).
 notebooks: venv
-	$(PY) -m llava_nb.book_build $(EXECUTED) > /dev/null
+	$(PY) book/_ext/book_build.py $(EXECUTED) > /dev/null
 	$(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb
 
 built-book: venv
@@ -78,11 +78,11 @@ browser: venv
 # (tiny_seeds.json), one CPU training step by attention kernel and precision (cpu_step_time.json), the memory
 # calculator and each chapter's execution (chapters.json).
 bench: venv
-	$(PY) -m llava_nb.bench pipeline
-	$(PY) -m llava_nb.bench seeds
-	$(PY) -m llava_nb.bench step-time
-	$(PY) -m llava_nb.bench memory
-	$(PY) -m llava_nb.bench $(CHAPTERS)
+	$(PY) -m llava_nb.lab.bench pipeline
+	$(PY) -m llava_nb.lab.bench seeds
+	$(PY) -m llava_nb.lab.bench step-time
+	$(PY) -m llava_nb.lab.bench memory
+	$(PY) -m llava_nb.lab.bench $(CHAPTERS)
 
 # Regenerate committed artefacts: the data sample, the tiny tokenizer, then the pretrained tiny ViT and LLM
 # (which depend on it).

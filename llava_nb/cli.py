@@ -16,7 +16,7 @@ import json
 import sys
 
 from .errors import LlavaNbError
-from .profiles import PROFILES, ENV_VAR
+from .models.profiles import PROFILES, ENV_VAR
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -26,8 +26,8 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def _params(args) -> tuple[dict, str]:
-    from .architectures import resolve_name
-    from .params import count_parameters
+    from .models.architectures import resolve_name
+    from .models.params import count_parameters
 
     name = resolve_name(args.model)
     c = count_parameters(name, method=args.method)
@@ -40,8 +40,8 @@ def _params(args) -> tuple[dict, str]:
 
 
 def _tokens(args) -> tuple[dict, str]:
-    from .architectures import get_config, resolve_name
-    from .image_tokens import anyres_layout, count_image_tokens, parse_size
+    from .models.architectures import get_config, resolve_name
+    from .models.image_tokens import anyres_layout, count_image_tokens, parse_size
 
     name = resolve_name(args.model)
     h, w = parse_size(args.size)
@@ -68,9 +68,9 @@ def _tokens(args) -> tuple[dict, str]:
 def _memory(args) -> tuple[dict, str]:
     from dataclasses import asdict
 
-    from .architectures import resolve_name
-    from .image_tokens import parse_size
-    from .memory import max_micro_batch, estimate_memory
+    from .models.architectures import resolve_name
+    from .models.image_tokens import parse_size
+    from .memory.estimate import max_micro_batch, estimate_memory
 
     name = resolve_name(args.model)
     kwargs = dict(gpus=args.gpus, seq_len=args.seq_len, grad_checkpointing=not args.no_grad_checkpointing,
@@ -109,7 +109,7 @@ def _value(text: str):
 
 
 def _train(args) -> tuple[dict, str]:
-    from .train import train
+    from .training.api import train
 
     hp = dict(kv.split("=", 1) for kv in args.set)
     hp = {k.replace("-", "_"): _value(v) for k, v in hp.items()}
@@ -130,7 +130,7 @@ def _train(args) -> tuple[dict, str]:
 
 
 def _generate(args) -> tuple[dict, str]:
-    from .inference import answer
+    from .training.inference import answer
 
     text = answer(args.model, args.image, args.prompt, template=args.template, max_new_tokens=args.max_new_tokens)
     return {"model": args.model, "image": args.image, "prompt": args.prompt, "answer": text}, text
@@ -138,23 +138,23 @@ def _generate(args) -> tuple[dict, str]:
 
 def _regenerate(args) -> tuple[dict, str]:
     if args.what == "sample":
-        from .synthetic import write_sample
+        from .data.synthetic import write_sample
 
         out = write_sample()
         return {"sample": str(out)}, f"wrote the data sample to {out}"
     if args.what == "tokenizer":
-        from .tokenizer import TOKENIZER_DIR, train_tokenizer
+        from .models.tokenizer import TOKENIZER_DIR, train_tokenizer
 
         tok = train_tokenizer()
         return {"tokenizer": str(TOKENIZER_DIR), "size": len(tok)}, f"saved a {len(tok)}-token tokenizer to {TOKENIZER_DIR}"
-    from .pretrain import ensure_pretrained_parts
+    from .training.pretrain import ensure_pretrained_parts
 
     vision, language = ensure_pretrained_parts(retrain=True)
     return {"vision": str(vision), "language": str(language)}, f"saved {vision} and {language}"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .params import METHODS
+    from .models.params import METHODS
 
     parser = argparse.ArgumentParser(prog="python -m llava_nb", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILES, help=f"execution profile (overrides ${ENV_VAR})")
@@ -191,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--template", default=None)
     g.add_argument("--max-new-tokens", type=int, default=32)
-    from .memory import ACCOUNTINGS, DEFAULT_HEADROOM, H100_80GB_GIB
-    from .memory import METHODS as MEMORY_METHODS
+    from .memory.estimate import ACCOUNTINGS, DEFAULT_HEADROOM, H100_80GB_GIB
+    from .memory.estimate import METHODS as MEMORY_METHODS
 
     m = sub.add_parser("memory", help="GPU memory of training stage 2 with a method: breakdown, verdict, largest batch")
     m.add_argument("--model", required=True)
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     if args.profile:
         os.environ[ENV_VAR] = args.profile
     if args.command == "worker":
-        from .train import TrainSpec, run_worker
+        from .training.api import TrainSpec, run_worker
 
         run_worker(TrainSpec(**json.loads(open(args.spec).read())))
         return 0

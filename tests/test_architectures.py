@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import llava_nb
-from llava_nb.architectures import ALIASES, TINY_GRID_PINPOINTS, V16_GRID_PINPOINTS, LlavaV1ForConditionalGeneration
+from llava_nb.models.architectures import ALIASES, TINY_GRID_PINPOINTS, V16_GRID_PINPOINTS, LlavaV1ForConditionalGeneration
 
 # From ../shared/reference/llava-facts.md (computed from the public architectures).
 FACTS_TOTAL = {"llava-1.5-7b": 7_063_427_072, "llava-v1.6-mistral-7b": 7_566_747_648}
@@ -60,9 +60,9 @@ def test_v1_has_single_linear_projector():
 
 
 def test_tiny_pinpoints_are_scaled_real_pinpoints():
-    assert [[4 * h, 4 * w] for h, w in TINY_GRID_PINPOINTS] == V16_GRID_PINPOINTS
-    assert llava_nb.get_config("tiny-llava-v1.6").image_grid_pinpoints == TINY_GRID_PINPOINTS
-    assert llava_nb.get_config("llava-v1.6-vicuna-7b").image_grid_pinpoints == V16_GRID_PINPOINTS
+    assert tuple((4 * h, 4 * w) for h, w in TINY_GRID_PINPOINTS) == V16_GRID_PINPOINTS
+    assert llava_nb.get_config("tiny-llava-v1.6").image_grid_pinpoints == [list(p) for p in TINY_GRID_PINPOINTS]
+    assert llava_nb.get_config("llava-v1.6-vicuna-7b").image_grid_pinpoints == [list(p) for p in V16_GRID_PINPOINTS]
 
 
 def test_build_is_deterministic_per_seed():
@@ -136,11 +136,12 @@ def test_committed_vit_patch_features_say_where_they_are():
     """The LLM can only answer "is there a shape at the top left?" if each patch token carries its position."""
     from transformers import CLIPVisionModel
 
-    from llava_nb.architectures import _tiny_vit
-    from llava_nb.pretrain import position_probe
+    from llava_nb.models.architectures import clip_config
+    from llava_nb.models.specs import tiny_vit
+    from llava_nb.training.pretrain import position_probe
 
     trained = position_probe(n_images=300)
     assert trained["own_quadrant"] > 0.95 and trained["occupied"] > 0.95
     torch.manual_seed(0)
-    untrained = position_probe(CLIPVisionModel(_tiny_vit(84)), n_images=300)
+    untrained = position_probe(CLIPVisionModel(clip_config(tiny_vit(84))), n_images=300)
     assert untrained["own_quadrant"] < 0.8  # CLIP's small random position embeddings: the signature is weak

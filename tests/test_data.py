@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 import llava_nb
-from llava_nb.data import DataError, load_conversations
-from llava_nb.dataset import Collator, ConversationDataset
-from llava_nb.synthetic import generate
-from llava_nb.templates import IGNORE_INDEX, tokenize_conversation
+from llava_nb.data.records import DataError, load_conversations
+from llava_nb.data.dataset import Collator, ConversationDataset
+from llava_nb.data.synthetic import generate
+from llava_nb.models.templates import IGNORE_INDEX, tokenize_conversation
 
 
 @pytest.fixture()
@@ -162,7 +162,7 @@ def test_synthetic_generator_is_deterministic(tmp_path):
 def test_length_grouped_sampler_is_a_deterministic_permutation_with_less_padding():
     import random
 
-    from llava_nb.dataset import LengthGroupedSampler
+    from llava_nb.data.dataset import LengthGroupedSampler
 
     rng = random.Random(0)
     lengths = [rng.randint(50, 150) for _ in range(1000)]
@@ -191,7 +191,7 @@ def test_synthetic_turns_and_distinct_question_types(tmp_path):
 
 
 def test_synthetic_describe_turns_and_type_weights(tmp_path):
-    from llava_nb.synthetic import DESCRIBE_PROMPTS
+    from llava_nb.data.synthetic import DESCRIBE_PROMPTS
 
     plain = generate(tmp_path / "plain", n_images=40, n_test=10, seed=2)
     files = generate(tmp_path / "d", n_images=40, n_test=10, seed=2, describe=1.0, type_weights={"exists": 1e9})

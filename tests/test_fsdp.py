@@ -1,8 +1,8 @@
-"""FSDP2 from inside the ranks (llava_nb.fsdp_demo), 2 CPU processes over gloo."""
+"""FSDP2 from inside the ranks (llava_nb.lab.fsdp_demo), 2 CPU processes over gloo."""
 
 import pytest
 
-from llava_nb.fsdp_demo import SHOWN, run_fsdp_demo
+from llava_nb.lab.fsdp_demo import SHOWN, run_fsdp_demo
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from PIL import Image
 from transformers.image_processing_utils import select_best_resolution as hf_select_best_resolution
 
 import llava_nb
-from llava_nb.architectures import V16_GRID_PINPOINTS
+from llava_nb.models.architectures import V16_GRID_PINPOINTS
 
 # 50+ sizes (height, width): common photos, extreme aspect ratios, tiny images, primes, pinpoint edges.
 SIZES = [
@@ -103,14 +103,14 @@ def test_bad_sizes_are_refused(h, w):
 
 @pytest.mark.parametrize("text", ["480", "480x", "x640", "axb", "480x640x3", "0x640", "-4x5"])
 def test_parse_size_refuses_malformed(text):
-    from llava_nb.image_tokens import parse_size
+    from llava_nb.models.image_tokens import parse_size
 
     with pytest.raises(llava_nb.InvalidSizeError, match="HEIGHTxWIDTH|positive"):
         parse_size(text)
 
 
 def test_parse_size():
-    from llava_nb.image_tokens import parse_size
+    from llava_nb.models.image_tokens import parse_size
 
     assert parse_size("480x640") == (480, 640)
     assert parse_size("480X640") == (480, 640)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import llava_nb
-from llava_nb.lora import LoRALinear, llava_lora_config, load_lora, lora_parameter_counts, save_lora
+from llava_nb.methods.lora import LoRALinear, llava_lora_config, load_lora, lora_parameter_counts, save_lora
 
 
 def test_lora_from_scratch_matches_peft_outputs_and_gradients():
@@ -56,7 +56,7 @@ def test_llava_recipe_counts_match_peft_and_the_reference():
     from peft import get_peft_model
 
     model = llava_nb.build_model("llava-1.5-7b", device="meta")
-    ours = lora_parameter_counts(model, 128, targets=llava_nb.lora.LLM_TARGETS, within="language_model")
+    ours = lora_parameter_counts(model, 128, targets=llava_nb.methods.lora.LLM_TARGETS, within="language_model")
     assert ours["adapter"] == 319_815_680
     peft = get_peft_model(model, llava_lora_config(128, 256))
     trainable, _ = peft.get_nb_trainable_parameters()
@@ -79,7 +79,7 @@ def _perturbed(seed=0, save_projector=True):
 
 
 def _logits(model):
-    from llava_nb.measure import synthetic_batch
+    from llava_nb.lab.measure import synthetic_batch
 
     batch = synthetic_batch(model.config if hasattr(model, "config") else model.get_base_model().config, 2, 60,
                             torch.device("cpu"), seed=3)

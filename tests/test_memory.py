@@ -9,12 +9,12 @@ from dataclasses import FrozenInstanceError
 
 import pytest
 
-from llava_nb.memory import (
+from llava_nb.memory.estimate import (
     GIB, PERSISTENT, MemoryConfigError, deepspeed_terms, estimate_memory, korthikanti_activation_bytes,
     max_micro_batch, model_shapes,
 )
 from llava_nb.errors import LlavaNbError, UnknownMethodError
-from llava_nb.memory_validation import predicted_holdings
+from llava_nb.memory.validation import predicted_holdings
 from llava_nb.paths import REPO_ROOT
 
 # ---------------------------------------------------------------- published numbers
@@ -179,7 +179,7 @@ def test_cli_memory(capsys):
 
 def test_committed_gpu_runs_within_tolerance():
     """Every committed GPU point: steady within 3%, peak within 10%, and the right fits / out-of-memory verdict."""
-    from llava_nb.memory_validation import PEAK_TOLERANCE, STEADY_TOLERANCE, compare
+    from llava_nb.memory.validation import PEAK_TOLERANCE, STEADY_TOLERANCE, compare
 
     rows = compare()
     methods = {(r["method"], r["gpus"]) for r in rows}
@@ -196,7 +196,7 @@ def test_committed_gpu_runs_within_tolerance():
 def cpu_runs():
     """ZeRO-1/2/3 and FSDP2 on the tiny LLaVA, 2 CPU processes over gloo; each rank's real holdings."""
     pytest.importorskip("deepspeed")
-    from llava_nb.measure import run_measure
+    from llava_nb.lab.measure import run_measure
 
     runs = run_measure("tiny-llava-1.5", "zero1,zero2,zero3,fsdp", "2x100",
                        zero={"stage3_param_persistence_threshold": 0})
@@ -224,8 +224,8 @@ def test_config_and_name_give_the_same_estimate():
 
 
 def test_calculator_benchmark_is_committed_and_fast():
-    """`python -m llava_nb.bench memory` times every method; the widgets need well under 5 ms a call."""
-    from llava_nb.memory import METHODS
+    """`python -m llava_nb.lab.bench memory` times every method; the widgets need well under 5 ms a call."""
+    from llava_nb.memory.estimate import METHODS
 
     bench = json.loads((REPO_ROOT / "data" / "benchmarks" / "memory_calculator.json").read_text())
     assert {k.split()[-1] for k in bench["calls"]} == set(METHODS)

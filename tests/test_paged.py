@@ -1,11 +1,11 @@
-"""Paged optimizers (llava_nb.paged), the NF4 Linear timing and the dequantization overhead model."""
+"""Paged optimizers (llava_nb.lab.paged), the NF4 Linear timing and the dequantization overhead model."""
 
 import pytest
 import torch
 
-from llava_nb.paged import OPTIMIZERS, make_optimizer, paged_optimizer_run
-from llava_nb.quant import linear4bit_timing
-from llava_nb.throughput import dequant_seconds
+from llava_nb.lab.paged import OPTIMIZERS, make_optimizer, paged_optimizer_run
+from llava_nb.lab.quant import linear4bit_timing
+from llava_nb.lab.throughput import dequant_seconds
 
 
 @pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU:UserWarning")

@@ -4,8 +4,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import llava_nb
-from llava_nb.params import unused_vision_modules
-from llava_nb.stages import freeze_for_stage, trainable_parameters
+from llava_nb.models.params import unused_vision_modules
+from llava_nb.methods.stages import freeze_for_stage, trainable_parameters
 
 
 def test_llava_15_7b_reference_breakdown():

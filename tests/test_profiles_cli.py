@@ -6,7 +6,7 @@ import pytest
 
 import llava_nb
 from llava_nb.cli import main
-from llava_nb.profiles import get_profile, profile_model
+from llava_nb.models.profiles import get_profile, profile_model
 
 
 def test_profile_default_env_and_flag(monkeypatch):

@@ -1,9 +1,9 @@
-"""NF4 from scratch (llava_nb.quant) against bitsandbytes and the QLoRA paper."""
+"""NF4 from scratch (llava_nb.lab.quant) against bitsandbytes and the QLoRA paper."""
 
 import pytest
 import torch
 
-from llava_nb.quant import (bits_per_parameter, double_quantize, int4_levels, nf4_levels, nf4_roundtrip,
+from llava_nb.lab.quant import (bits_per_parameter, double_quantize, int4_levels, nf4_levels, nf4_roundtrip,
                             quantize_blockwise)
 
 
@@ -48,8 +48,8 @@ def test_qlora_preparation_turns_the_hidden_states_to_fp32(tmp_path):
     """peft's prepare_model_for_kbit_training casts the RMSNorm weights to fp32, and the hidden states follow: the
     QLoRA chapter's explanation of why QLoRA's steps slow down with the tokens, not only by the dequantization."""
     import llava_nb
-    from llava_nb.quant import hidden_state_dtypes
-    from llava_nb.recipes import prepare_model, qlora_quantization_config
+    from llava_nb.lab.quant import hidden_state_dtypes
+    from llava_nb.methods.recipes import prepare_model, qlora_quantization_config
 
     llava_nb.build_model(llava_nb.profile_model("v1.5", "tiny"), seed=0).save_pretrained(tmp_path)
     lora = hidden_state_dtypes(prepare_model(llava_nb.load_model(tmp_path, dtype=torch.bfloat16), "lora"))

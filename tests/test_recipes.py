@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llava_nb.recipes import LLAVA_FILES, deepspeed_config, llava_deepspeed_file, llava_deepspeed_path
+from llava_nb.methods.recipes import LLAVA_FILES, deepspeed_config, llava_deepspeed_file, llava_deepspeed_path
 
 
 @pytest.mark.parametrize("name", LLAVA_FILES)
@@ -37,7 +37,7 @@ def test_zero3_trap_and_its_fix():
     """Weights loaded into ZeRO-3-partitioned parameters meet empty torch.Size([0]) shards; GatheredParameters fixes
     it (2 CPU processes over gloo)."""
     pytest.importorskip("deepspeed")
-    from llava_nb.zero3_trap import run_zero3_trap
+    from llava_nb.lab.zero3_trap import run_zero3_trap
 
     report = run_zero3_trap()
     assert report["shape seen by the module"] == [0] and report["real shape (ds_shape)"] == [32, 64]
@@ -50,7 +50,7 @@ def test_hf_trainer_runs_llavas_zero3_json_as_a_deepspeed_engine_on_two_cpu_proc
     counts 2 processes (transformers 5.24 alone would leave each CPU rank alone: hf_trainer._deepspeed_state_on_cpu)
     and half of the weights, with every "auto" resolved as deepspeed_config resolves it for the tiny model."""
     pytest.importorskip("deepspeed")
-    from llava_nb.hf_trainer import run_hf_trainer
+    from llava_nb.lab.hf_trainer import run_hf_trainer
 
     ranks = run_hf_trainer("zero3", tmp_path, processes=2, max_steps=2)
     for r in ranks:

@@ -1,11 +1,11 @@
-"""llava_nb.sweeps: answer ceilings from partial knowledge, and the sweep tables."""
+"""llava_nb.lab.sweeps: answer ceilings from partial knowledge, and the sweep tables."""
 
 import json
 
 import pytest
 
 from llava_nb.paths import DATA_DIR
-from llava_nb.sweeps import best_accuracy_from, by_setting, load_sweep
+from llava_nb.lab.sweeps import best_accuracy_from, by_setting, load_sweep
 
 
 def test_position_from_the_count_alone_is_right_three_times_in_four():
@@ -62,7 +62,7 @@ def test_committed_recipe_sweep_supports_the_recipe():
 def test_committed_recipe_is_what_the_sweep_supports():
     """The tiny stage-2 recipe (14 epochs, eager attention): on the seeds that ran both, 14 epochs beat 12 in mean
     accuracy; over ten seeds it averages above the target, without reaching it in every seed (chapter 04)."""
-    from llava_nb.train import TINY_HYPERPARAMS
+    from llava_nb.training.api import TINY_HYPERPARAMS
 
     recipe = TINY_HYPERPARAMS[2]
     assert (recipe["epochs"], recipe["attn_implementation"]) == (14, "eager")

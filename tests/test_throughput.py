@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import llava_nb
-from llava_nb.throughput import (communication_bytes, load_engine_runs, matmul_tflops, model_flops, phase_rows,
+from llava_nb.lab.throughput import (communication_bytes, load_engine_runs, matmul_tflops, model_flops, phase_rows,
                                  speed, speed_rows)
 
 
@@ -11,8 +11,8 @@ def test_model_flops_match_torchs_flop_counter_on_a_real_training_step():
     attention kernel); our count without the attention terms must agree, ViT frozen (forward only) included."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from llava_nb.measure import synthetic_batch
-    from llava_nb.recipes import freeze_vision
+    from llava_nb.lab.measure import synthetic_batch
+    from llava_nb.methods.recipes import freeze_vision
 
     model = freeze_vision(llava_nb.build_model("tiny-llava-1.5"))
     batch = synthetic_batch(model.config, 2, 100, torch.device("cpu"))
@@ -61,9 +61,9 @@ def test_committed_engine_runs_are_complete():
 
 
 def test_cpu_step_profile_times_real_training_steps_and_names_the_costliest_operators():
-    from llava_nb.measure import synthetic_batch
-    from llava_nb.stages import freeze_for_stage
-    from llava_nb.throughput import cpu_step_profile
+    from llava_nb.lab.measure import synthetic_batch
+    from llava_nb.methods.stages import freeze_for_stage
+    from llava_nb.lab.throughput import cpu_step_profile
 
     model = freeze_for_stage(llava_nb.build_model("tiny-llava-1.5"), "stage2")
     model.set_attn_implementation("eager")

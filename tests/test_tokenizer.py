@@ -2,7 +2,7 @@ import json
 
 import llava_nb
 from llava_nb.paths import TOKENIZER_DIR
-from llava_nb.tokenizer import IMAGE_TOKEN, train_tokenizer
+from llava_nb.models.tokenizer import IMAGE_TOKEN, train_tokenizer
 
 
 def test_image_token_is_one_special_token():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import llava_nb
-from llava_nb.tracing import meta_inputs
+from llava_nb.models.tracing import meta_inputs
 
 
 @pytest.mark.parametrize("name", ["tiny-llava-v1", "tiny-llava-1.5", "tiny-llava-v1.6"])

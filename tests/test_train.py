@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import llava_nb
-from llava_nb.synthetic import generate
-from llava_nb.train import TrainingError, train
+from llava_nb.data.synthetic import generate
+from llava_nb.training.api import TrainingError, train
 
 FAST = dict(num_processes=1, batch_size=8, log_every=0, eval_max=10)
 
@@ -36,8 +36,8 @@ def stopped_and_resumed(method, folder, **common):
 def assert_merged_equals_adapted(result, base_dir):
     """An adapter run's saved final model (the merge) gives the logits of its adapter loaded onto ``base_dir``;
     returns the merged model and the synthetic batch it was checked on."""
-    from llava_nb.lora import load_lora
-    from llava_nb.measure import synthetic_batch
+    from llava_nb.methods.lora import load_lora
+    from llava_nb.lab.measure import synthetic_batch
 
     merged = llava_nb.load_model(result["final_dir"]).eval()
     adapted = load_lora(llava_nb.load_model(base_dir).eval(), result["adapter_dir"]).eval()
@@ -81,7 +81,7 @@ def test_stage1_then_stage2_writes_safetensors_and_results(small_data, tmp_path)
 
 def test_stage1_trains_only_the_projector(small_data, tmp_path):
     before = llava_nb.build_model("tiny-llava-1.5")
-    from llava_nb.pretrain import load_pretrained_parts
+    from llava_nb.training.pretrain import load_pretrained_parts
 
     load_pretrained_parts(before)
     train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
@@ -125,7 +125,7 @@ def test_real_checkpoint_code_path(small_data, tmp_path):
     r = train(str(tmp_path / "hf"), 2, data=small_data["instruct"], image_folder=small_data["image_folder"],
               output_dir=tmp_path / "run", max_steps=2, lr=1e-4, **FAST)
     assert r["hyperparams"]["max_length"] == 2048  # LLaVA-1.5's recipe, not the tiny one
-    answer = llava_nb.inference.answer(r["final_dir"], small_data["image_folder"] / "test" / "000" / "test_000000.png",
+    answer = llava_nb.training.inference.answer(r["final_dir"], small_data["image_folder"] / "test" / "000" / "test_000000.png",
                                        "How many shapes are there?", max_new_tokens=3)
     assert isinstance(answer, str)
 
@@ -195,7 +195,7 @@ def test_zero3_resumes_from_its_sharded_checkpoint_with_the_same_losses(deepspee
 
 def test_zero3_checkpoint_consolidates_into_the_trained_model(deepspeed_runs, tmp_path):
     """DeepSpeed's zero_to_fp32 logic on the last sharded checkpoint gives exactly the weights train() saved."""
-    from llava_nb.checkpoints import consolidate_zero_checkpoint
+    from llava_nb.training.checkpoints import consolidate_zero_checkpoint
 
     run = deepspeed_runs["resumed"]
     out = consolidate_zero_checkpoint(run["last_checkpoint"], run["final_dir"], tmp_path / "consolidated")
@@ -235,7 +235,7 @@ def test_fsdp_resumes_from_its_dcp_checkpoint_with_the_same_losses(fsdp_runs):
 
 
 def test_fsdp_checkpoint_consolidates_into_the_trained_model(fsdp_runs, tmp_path):
-    from llava_nb.checkpoints import consolidate_fsdp_checkpoint
+    from llava_nb.training.checkpoints import consolidate_fsdp_checkpoint
 
     run = fsdp_runs["resumed"]
     out = consolidate_fsdp_checkpoint(run["last_checkpoint"], run["final_dir"], tmp_path / "consolidated")
@@ -277,7 +277,7 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(smal
 
 
 def test_weight_decay_spares_biases_and_norms():
-    from llava_nb.train import make_optimizer
+    from llava_nb.training.api import make_optimizer
 
     model = llava_nb.build_model("tiny-llava-1.5", seed=0)
     opt = make_optimizer(model.parameters(), lr=1e-3, weight_decay=0.5)
@@ -292,7 +292,7 @@ def test_weight_decay_spares_biases_and_norms():
 def test_max_grad_norm_clips_before_the_step(small_data, tmp_path):
     """With the gradient clipped to a norm far below AdamW's eps (1e-8), each update is about lr * g / eps instead
     of about lr: the projector barely moves. Without clipping it moves by about lr per weight."""
-    from llava_nb.pretrain import load_pretrained_parts
+    from llava_nb.training.pretrain import load_pretrained_parts
 
     start = llava_nb.build_model("tiny-llava-1.5", seed=0)
     load_pretrained_parts(start)
@@ -322,7 +322,7 @@ def _run_at_once(target, *args) -> list[int]:
 
 
 def _prepare_data(barrier, cache_dir):
-    train_module = importlib.import_module("llava_nb.train")  # the module (llava_nb.train is also the function)
+    train_module = importlib.import_module("llava_nb.training.api")  # the module (llava_nb.training.api is also the function)
     train_module.CACHE_DIR = cache_dir
     barrier.wait()  # both processes start generating at once
     train_module.synthetic_data("tiny-llava-1.5", n_images=60, n_test=12)
@@ -331,11 +331,11 @@ def _prepare_data(barrier, cache_dir):
 def test_ranks_preparing_the_same_synthetic_data_take_turns(tmp_path, monkeypatch):
     """The ranks of `accelerate launch -m llava_nb train` each call synthetic_data(); without the folder lock one
     rank's clean-up deleted images the other had written, and the workers failed with "missing image file"."""
-    from llava_nb.data import load_conversations
-    from llava_nb.train import synthetic_data
+    from llava_nb.data.records import load_conversations
+    from llava_nb.training.api import synthetic_data
 
     assert _run_at_once(_prepare_data, tmp_path) == [0, 0]
-    monkeypatch.setattr(importlib.import_module("llava_nb.train"), "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(importlib.import_module("llava_nb.training.api"), "CACHE_DIR", tmp_path)
     data = synthetic_data("tiny-llava-1.5", n_images=60, n_test=12)  # ready: nothing is generated again
     for key, n in (("captions", 60), ("instruct", 60), ("test", 12)):
         assert len(load_conversations(data[key], data["image_folder"])) == n  # raises on any missing image
@@ -349,9 +349,9 @@ def test_pretraining_in_a_child_keeps_the_process_fork_clean(tmp_path):
 
     from safetensors.torch import load_file
 
-    from llava_nb.pretrain import pretrain_vision
+    from llava_nb.training.pretrain import pretrain_vision
 
-    code = ("import sys; from llava_nb.pretrain import _train_in_child; "
+    code = ("import sys; from llava_nb.training.pretrain import _train_in_child; "
             f"_train_in_child('pretrain_vision', out_dir={str(tmp_path / 'child')!r}, steps=3, batch_size=8); "
             "print(sorted(m for m in ('bitsandbytes', 'peft', 'transformers.optimization') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -362,14 +362,14 @@ def test_pretraining_in_a_child_keeps_the_process_fork_clean(tmp_path):
     # the same seed, data and steps: the same weights (to rounding: the child runs with torch's default thread
     # count, which this process may have changed)
     assert all(torch.allclose(child[k], here[k], atol=1e-5) for k in child)
-    from llava_nb.pretrain import _train_in_child
+    from llava_nb.training.pretrain import _train_in_child
 
     with pytest.raises(RuntimeError, match=r"(?s)pretrain_vision\(\) failed in its child process:.*no_such_argument"):
         _train_in_child("pretrain_vision", no_such_argument=1)
 
 
 def _prepare_parts(barrier, folder, calls):
-    pretrain = importlib.import_module("llava_nb.pretrain")
+    pretrain = importlib.import_module("llava_nb.training.pretrain")
     pretrain.PRETRAINED_DIR, pretrain.VISION_DIR, pretrain.LANGUAGE_DIR = folder, folder / "vit", folder / "llm"
 
     def fake_training(function, out_dir):  # slow enough for the other process to arrive while it runs

@@ -9,7 +9,7 @@ One call per GPU count, resumable: a step whose record is already in ``engines_g
 * ``matmul``: the card's measured bf16 matrix rate (``throughput.matmul_tflops``), the MFU denominator;
 * ``tiny``: ``python -m llava_nb train --model tiny-llava-1.5 --stage 2 --method M --num-processes N`` (stage 1
   first, as the CLI does), with its JSON result (losses, engine, accuracy, seconds);
-* ``measure``: ``python -m llava_nb.measure`` records of the 7B (step times per point, memory, holdings), for the
+* ``measure``: ``python -m llava_nb.lab.measure`` records of the 7B (step times per point, memory, holdings), for the
   ``RUNS`` below: ZeRO-3 with LLaVA's ``zero3.json`` ("auto" buckets), ZeRO-3 with larger buckets, FSDP2, and both
   engines timed phase by phase, with and without gradient checkpointing;
 * ``tiny error`` / ``measure error``: a run that failed, with the end of its stderr.
@@ -74,7 +74,7 @@ def measure(a, out: Path, skip: set, env: dict, name: str, method: str, zero: di
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs.jsonl"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.gpus), "-m",
-               "llava_nb.measure", "--model", MODEL, "--method", method, "--points", points, "--steps", str(steps),
+               "llava_nb.lab.measure", "--model", MODEL, "--method", method, "--points", points, "--steps", str(steps),
                "--out", str(runs), *extra]
         for key, value in zero.items():
             cmd += ["--zero", f"{key}={json.dumps(value)}"]
@@ -94,8 +94,8 @@ def main() -> None:
     a = p.parse_args()
     import torch
 
-    from llava_nb.measure import versions
-    from llava_nb.throughput import matmul_tflops
+    from llava_nb.lab.measure import versions
+    from llava_nb.lab.throughput import matmul_tflops
 
     out = Path(a.out)
     skip = done(DONE, out)

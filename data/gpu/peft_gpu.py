@@ -7,12 +7,12 @@ Resumable: a record whose (kind, name) is already in ``peft_gpu.jsonl`` beside t
 skipped. Records (one JSON line each, with the GPU name and library versions):
 
 * ``matmul``: the card's measured bf16 matrix rate (``throughput.matmul_tflops``);
-* ``measure``: ``python -m llava_nb.measure`` records for LoRA and QLoRA at the memory chapter's points (gradient
+* ``measure``: ``python -m llava_nb.lab.measure`` records for LoRA and QLoRA at the memory chapter's points (gradient
   checkpointing on, each GPU capped at an 80 GB H100's 79.18 GiB as there), 8 steps, the last 4 split into forward,
   backward and optimizer step;
 * ``linear4bit``: ``quant.linear4bit_timing`` for the 7B's Linear shapes (attention 4096 x 4096, MLP 4096 x 11008 and
   11008 x 4096) at 4096 tokens: bf16 against NF4, and one dequantization;
-* ``paged``: ``python -m llava_nb.paged`` for each optimizer, one process each (without ``--evict``: see
+* ``paged``: ``python -m llava_nb.lab.paged`` for each optimizer, one process each (without ``--evict``: see
   ``paged_probe.py``);
 * ``... error``: a run that failed, with the end of its stderr.
 """
@@ -48,10 +48,10 @@ def main() -> None:
     a = p.parse_args()
     import torch
 
-    from llava_nb.measure import versions
-    from llava_nb.paged import OPTIMIZERS
-    from llava_nb.quant import linear4bit_timing
-    from llava_nb.throughput import matmul_tflops
+    from llava_nb.lab.measure import versions
+    from llava_nb.lab.paged import OPTIMIZERS
+    from llava_nb.lab.quant import linear4bit_timing
+    from llava_nb.lab.throughput import matmul_tflops
 
     out = Path(a.out)
     skip = engines_gpu.done(DONE, out, key=KEY)
@@ -62,7 +62,7 @@ def main() -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             runs = Path(tmp) / "paged.jsonl"
-            proc = subprocess.run([sys.executable, "-m", "llava_nb.paged", "--optimizer", name, "--out", str(runs)],
+            proc = subprocess.run([sys.executable, "-m", "llava_nb.lab.paged", "--optimizer", name, "--out", str(runs)],
                                   env=env, capture_output=True, text=True, timeout=120)
             if not runs.exists():
                 append(out, {**base, "kind": "paged error", "name": name, "stderr": proc.stderr[-4000:]})
@@ -81,7 +81,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             runs = Path(tmp) / "runs.jsonl"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
-                   "llava_nb.measure", "--model", MODEL, "--method", method, "--points", POINTS,
+                   "llava_nb.lab.measure", "--model", MODEL, "--method", method, "--points", POINTS,
                    "--steps", "8", "--phase-steps", "4", "--cap-gib", str(H100_USABLE_GIB), "--out", str(runs)]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
             if not runs.exists():

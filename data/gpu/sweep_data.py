@@ -6,7 +6,7 @@ question types per conversation, learning rate and epochs.
 
 Each variant regenerates the synthetic set with ``synthetic.generate(turns=..., distinct_types=...)`` in its own
 cache folder (and, for ``pretrain`` variants, retrains the tiny LLM with ``pretrain_language(**pretrain)``),
-trains stage 1 and stage 2 with ``llava_nb.train`` (the CPU recipe's code path; the GPU only makes
+trains stage 1 and stage 2 with ``llava_nb.training.api`` (the CPU recipe's code path; the GPU only makes
 the sweep fast), and appends one JSON line: held-out accuracy by type, blank-image accuracy, steps, seconds, and
 the stage-2 tokens per epoch (what the CPU time is proportional to). The records in ``sweep_data.jsonl`` came from
 two calls on one lent NVIDIA H200 on 2026-11-28, all variants of a call at once.
@@ -46,8 +46,8 @@ VARIANTS = {
 
 WORKER = r"""
 import functools, json, sys
-import llava_nb.pretrain as pre
-import llava_nb.synthetic as syn
+import llava_nb.training.pretrain as pre
+import llava_nb.data.synthetic as syn
 data, pretrain = json.loads(sys.argv[1])
 syn.generate = functools.partial(syn.generate, **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 pre.pretrain_language = functools.partial(pre.pretrain_language, **pretrain)
@@ -58,8 +58,8 @@ sys.exit(main(sys.argv[2:]))
 
 def tokens_per_epoch(instruct_json: str) -> tuple[int, int]:
     """(samples, tokens) of one stage-2 epoch under LLaVA-1.5's vicuna_v1 template, 36 image tokens a sample."""
-    from llava_nb.templates import tokenize_conversation
-    from llava_nb.tokenizer import load_tokenizer
+    from llava_nb.models.templates import tokenize_conversation
+    from llava_nb.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     recs = json.load(open(instruct_json))

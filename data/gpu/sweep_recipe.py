@@ -133,10 +133,10 @@ VARIANTS = {
 
 WORKER = r"""
 import functools, json, sys
-import llava_nb.pretrain as pre
-import llava_nb.synthetic as syn
-import llava_nb.train
-train = sys.modules["llava_nb.train"]
+import llava_nb.training.pretrain as pre
+import llava_nb.data.synthetic as syn
+import llava_nb.training.api
+train = sys.modules["llava_nb.training.api"]
 data, stage1, pretrain = json.loads(sys.argv[1])
 pretrain.pop("keep", None)
 pre.pretrain_language = functools.partial(pre.pretrain_language, **pretrain.get("language", {}))

@@ -35,7 +35,7 @@ def main(out_file):
     import torch
 
     from llava_nb import synthetic
-    from llava_nb.train import train
+    from llava_nb.training.api import train
 
     if IMAGE_LAST:
         synthetic._image_turn = lambda text, rng, image_first=None: f"{text}\n<image>"

@@ -50,7 +50,7 @@ FORK_PROBES = {
                                             "import torch; torch.cuda.is_available()",
     "import accelerate": "import torch, accelerate",
     "import transformers": "import torch, transformers",
-    "import llava_nb.train": "import torch, llava_nb.train",  # llava_nb sets the NVML-based check
+    "import llava_nb.training.api": "import torch, llava_nb.training.api",  # llava_nb sets the NVML-based check
 }
 CHILD = """
 import os, sys, torch
@@ -76,7 +76,7 @@ def fork_probe() -> dict:
 
 def launch_who_am_i(ranks: Path, n: int) -> str:
     """``who_am_i`` on ``n`` processes through ``notebook_launcher`` (fork); where fork fails, as fresh processes
-    through ``accelerate launch`` (what ``llava_nb.train`` does too). Returns how they were started."""
+    through ``accelerate launch`` (what ``llava_nb.training.api`` does too). Returns how they were started."""
     from accelerate import notebook_launcher
 
     try:
@@ -95,7 +95,7 @@ def main(out_file: str) -> None:
     print("fork probe:", json.dumps(probe), flush=True)
     import torch
 
-    from llava_nb.train import train
+    from llava_nb.training.api import train
 
     n = torch.cuda.device_count()  # torch.cuda.is_initialized() stays False (whether fork still works: the probe)
     ranks = WORK / "ranks"

@@ -7,7 +7,7 @@ the work can span several sittings on the lent machines. New records are appende
     python data/measurements/run_gpu.py --gpus 1 --methods lora,qlora --out $OUT/memory_gpu.jsonl
     python data/measurements/run_gpu.py --gpus 2 --methods zero1,zero2,zero3,fsdp --out $OUT/memory_gpu.jsonl
 
-Each method runs ``python -m llava_nb.measure`` under ``torchrun`` (one process per GPU) at every point; see
+Each method runs ``python -m llava_nb.lab.measure`` under ``torchrun`` (one process per GPU) at every point; see
 ``llava_nb/measure.py`` for what is recorded (steady and peak as the memory chapter defines them, out-of-memory
 errors, the GPU name and the library versions). A card with more than 80 GB is capped at 79.18 GiB, what an 80 GB
 H100 gives, so that the fits/out-of-memory verdicts are the 80 GB ones.
@@ -56,7 +56,7 @@ def main() -> None:
         if (method, a.gpus, not a.no_grad_checkpointing) in skip:
             print(f"skip {method} on {a.gpus} GPUs: already measured", flush=True)
             continue
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.gpus), "-m", "llava_nb.measure",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.gpus), "-m", "llava_nb.lab.measure",
                "--model", MODEL, "--method", method, "--points", a.points, "--out", a.out,
                "--checkpoint-dir", "/tmp/llava-1.5-7b-random"]
         if cap:

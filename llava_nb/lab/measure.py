@@ -1,0 +1,426 @@
+"""Measure what a training recipe really holds, per rank: the ground truth ``estimate_memory`` is checked against.
+
+Run it under ``torchrun`` (one process per GPU, or per CPU "rank" over gloo)::
+
+    torchrun --standalone --nproc-per-node 2 -m llava_nb.lab.measure --model tiny-llava-1.5 --method zero3 --points 2x256
+
+Each rank builds the model with random weights, sets up ``method``'s recipe (``recipes.prepare_model`` and the
+engine), and runs ``steps`` training steps per (micro_batch, seq_len) point on synthetic batches (image tokens
+included in ``seq_len``). It reports, per rank:
+
+* ``holdings``: bytes of each model state read from the engine's own tensors (DeepSpeed's partitions, FSDP2's
+  DTensor shards, the optimizer's states), taken after ``optimizer.step()`` and ``zero_grad(set_to_none=True)``;
+  ``gradients`` are the bytes of the gradients the torch optimizer reads at its step on this rank (the largest
+  sub-group's, where ZeRO-3 steps in sub-groups);
+* on CUDA, ``steady`` = ``torch.cuda.memory_allocated()`` after the last step and ``peak`` =
+  ``torch.cuda.max_memory_allocated()`` over steps 1..``steps`` (reset after set-up); an out-of-memory error is
+  recorded as ``oom`` instead.
+
+Rank 0 appends one JSON line per point to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..methods.recipes import DEEPSPEED_METHODS, check_method, deepspeed_config, llm_hidden_size, prepare_model, shard_fsdp
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a tensor (an FSDP2 DTensor's shard; a plain tensor as it is)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _nbytes(tensors) -> int:
+    return sum(_local(t).numel() * t.element_size() for t in tensors if t is not None)
+
+
+def synthetic_batch(config, micro_batch: int, seq_len: int, device, dtype=torch.float32, image_size=None,
+                    seed: int = 0) -> dict:
+    """A training batch of ``micro_batch`` samples of exactly ``seq_len`` tokens, one image each.
+
+    The image's tokens (576 for LLaVA-1.5 at 336 px; for v1.6 from ``image_size``) count inside ``seq_len``; the
+    rest are random text ids, all supervised."""
+    from ..errors import InvalidSizeError
+    from ..models.image_tokens import count_image_tokens
+
+    g = torch.Generator().manual_seed(seed)
+    vision = config.vision_config
+    h, w = image_size or (vision.image_size, vision.image_size)
+    n_img = count_image_tokens(config, h, w)
+    if hasattr(config, "image_grid_pinpoints"):
+        from ..models.image_tokens import anyres_layout
+
+        n_tiles = 1 + anyres_layout(config, h, w).num_tiles  # the base image + the grid's tiles
+        pixel = torch.randn(micro_batch, n_tiles, 3, vision.image_size, vision.image_size, generator=g)
+        extra = {"image_sizes": torch.tensor([[h, w]] * micro_batch)}
+    else:
+        pixel = torch.randn(micro_batch, 3, vision.image_size, vision.image_size, generator=g)
+        extra = {}
+    if seq_len <= n_img + 1:
+        raise InvalidSizeError(f"seq_len={seq_len} leaves no text after {n_img} image tokens; use seq_len > {n_img + 1}")
+    vocab = config.text_config.vocab_size
+    text = torch.randint(3, min(vocab, 32000) - 1, (micro_batch, seq_len - n_img), generator=g)
+    text[text == config.image_token_id] = 3
+    image = torch.full((micro_batch, n_img), config.image_token_id)
+    ids = torch.cat([text[:, :1], image, text[:, 1:]], dim=1)  # (B, seq_len): BOS-ish token, image, text
+    labels = ids.masked_fill(ids == config.image_token_id, -100)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels, "pixel_values": pixel, **extra}
+    return {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
+
+
+def state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's per-parameter state tensors: AdamW's moments (``exp_avg``, ``exp_avg_sq``), and for
+    bitsandbytes' 8-bit optimizers their code maps and block constants. The scalar ``step`` counters are left out
+    (they live on the CPU unless ``capturable``/``fused``)."""
+    return [v for s in opt.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
+
+
+def _optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    return _nbytes(state_tensors(opt))
+
+
+def _grad_probe(opt: torch.optim.Optimizer) -> dict:
+    """Record the bytes of the gradients ``opt`` reads, at each of its steps."""
+    seen = {}
+
+    def hook(optimizer, args, kwargs):
+        # ZeRO-3 steps one sub-group at a time: keep the largest set of gradients seen at once
+        now = _nbytes([p.grad for g in optimizer.param_groups for p in g["params"]])
+        seen["gradients"] = max(seen.get("gradients", 0), now)
+
+    opt.register_step_pre_hook(hook)
+    return seen
+
+
+class _PhaseClock:
+    """Seconds between marks, written into ``phases`` (nothing is timed when it is None)."""
+
+    def __init__(self, device: torch.device, phases: dict | None):
+        self.cuda, self.phases = device.type == "cuda", phases
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.phases is not None and self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if self.phases is None:
+            return
+        now = self._now()
+        self.phases[name] = round(now - self.last, 4)
+        self.last = now
+
+
+class Run:
+    """One rank's model, optimizer and step function for ``method``; ``holdings()`` reads its states."""
+
+    def __init__(self, model_name: str, method: str, device: torch.device, grad_checkpointing: bool = True,
+                 lr: float = 1e-5, zero_overrides: dict | None = None, micro_batch: int = 1, seed: int = 0,
+                 checkpoint_dir: str | None = None):
+        from ..models.architectures import build_model, get_config
+
+        self.method, self.device = check_method(method), device
+        self.world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        config = get_config(model_name)
+        self.config = config
+        torch.manual_seed(seed)
+        if method in DEEPSPEED_METHODS:
+            import deepspeed
+
+            # bf16 straight away: DeepSpeed would cast to bf16 anyway, and a 7B in fp32 is 28 GB per rank.
+            model = build_model(config, device=device, dtype=torch.bfloat16, seed=seed)
+            model = prepare_model(model, method, grad_checkpointing)
+            ds = deepspeed_config(method, llm_hidden_size(config), micro_batch, self.world, **(zero_overrides or {}))
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=lr)
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+            self.basic = opt
+            self.model = self.engine.module
+            self.dtype = torch.bfloat16
+        elif method == "fsdp":
+            model = build_model(config, device=device, dtype=torch.float32, seed=seed)
+            model = prepare_model(model, "fsdp", grad_checkpointing)
+            self.model = shard_fsdp(model)
+            self.optimizer = self.basic = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+            self.engine = None
+            self.dtype = torch.float32
+        else:
+            self.model = _load_lora_base(model_name, method, device, checkpoint_dir, seed)
+            self.model = prepare_model(self.model, method, grad_checkpointing)
+            if self.world > 1:
+                self.model = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.optimizer = self.basic = torch.optim.AdamW(
+                [p for p in self.model.parameters() if p.requires_grad], lr=lr)
+            self.engine = None
+            self.dtype = torch.bfloat16
+        self.grads = _grad_probe(self.basic)
+
+    def step(self, batch: dict, phases: dict | None = None) -> float:
+        """One training step; with ``phases`` (a dict), the seconds of forward, backward and optimizer step are
+        added to it (the device synchronised at each boundary)."""
+        clock = _PhaseClock(self.device, phases)
+        if self.engine is not None:
+            loss = self.engine(**batch).loss
+            clock.mark("forward")
+            self.engine.backward(loss)
+            clock.mark("backward")
+            self.engine.step()  # DeepSpeed's step zeroes the gradients itself
+        else:
+            loss = self.model(**batch).loss
+            clock.mark("forward")
+            loss.backward()
+            clock.mark("backward")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        clock.mark("step")
+        return loss.detach().item()
+
+    def holdings(self) -> dict:
+        """Bytes this rank holds of each model state, read from the engine's tensors."""
+        params = list(self.model.parameters())
+        out = {"gradients": self.grads.get("gradients", 0), "optimizer_states": _optimizer_state_bytes(self.basic)}
+        if self.engine is not None:
+            opt = self.optimizer
+            name = type(opt).__name__
+            if name == "DeepSpeedZeroOptimizer_Stage3":
+                out["weights"] = _nbytes([p.ds_tensor for p in params]) + _nbytes(
+                    [p.data for p in params if getattr(p, "ds_persist", False)])
+                out["master_weights"] = _nbytes(opt.fp32_partitioned_groups_flat)
+            else:
+                out["weights"] = _nbytes([p.data for p in params])
+                master = {"DeepSpeedZeroOptimizer": "single_partition_of_fp32_groups",
+                          "BF16_Optimizer": "fp32_groups_flat_partition", "FP16_Optimizer": "fp32_groups_flat",
+                          "FP16_UnfusedOptimizer": "fp32_groups"}[name]
+                masters = getattr(opt, master)
+                out["master_weights"] = _nbytes(t for group in masters for t in (group if isinstance(group, list) else [group]))
+            out["optimizer"] = name
+        elif self.method == "fsdp":
+            out["weights"] = _nbytes(params)  # fp32 shards: also the master weights
+            out["master_weights"] = 0
+        else:
+            out["weights"] = _nbytes([p.data for p in params if not p.requires_grad])
+            out["trainable_weights"] = _nbytes([p.data for p in params if p.requires_grad])
+            out["master_weights"] = 0
+        return out
+
+
+def _load_lora_base(model_name: str, method: str, device, checkpoint_dir: str | None, seed: int):
+    """The bf16 base (``lora``) or NF4 base (``qlora``), loaded through ``from_pretrained`` from a random-weight
+    checkpoint saved (safetensors) to ``checkpoint_dir``, the path a real checkpoint takes."""
+    from ..models.architectures import build_model, load_model
+    from ..training.api import CACHE_DIR
+    from ..methods.recipes import qlora_quantization_config
+
+    folder = Path(checkpoint_dir or CACHE_DIR / "measure" / f"{model_name}-random-seed{seed}")
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    if not (folder / "config.json").exists() and rank == 0:
+        build_model(model_name, device=device, dtype=torch.bfloat16, seed=seed).save_pretrained(folder)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    kwargs = {"device_map": {"": device}}
+    if method == "qlora":
+        kwargs["quantization_config"] = qlora_quantization_config()
+    return load_model(folder, dtype=torch.bfloat16, **kwargs)
+
+
+def versions() -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "accelerate": accelerate.__version__, "peft": peft.__version__}
+    for name in ("deepspeed", "bitsandbytes"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+        out["gpu_total_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def _init_distributed(method: str) -> torch.device:
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if "WORLD_SIZE" in os.environ:
+        if method in DEEPSPEED_METHODS:
+            import deepspeed
+
+            if not deepspeed.comm.is_initialized():  # wraps an existing torch process group if there is one
+                deepspeed.init_distributed(dist_backend=backend)
+        elif not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return device
+
+
+def measure(model_name: str, method: str, points: list[tuple[int, int]], steps: int = 3,
+            grad_checkpointing: bool = True, zero_overrides: dict | None = None, cap_gib: float | None = None,
+            checkpoint_dir: str | None = None, seed: int = 0, phase_steps: int = 0) -> list[dict]:
+    """Run ``method`` at each (micro_batch, seq_len) point on this rank; return one record per point. The last
+    ``phase_steps`` steps of each point are also timed phase by phase (``phase_s``)."""
+    device = _init_distributed(method)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    cuda = device.type == "cuda"
+    if cuda and cap_gib:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / total), device)
+    base = {"model": model_name, "method": method, "gpus": world, "grad_checkpointing": grad_checkpointing,
+            "zero_overrides": zero_overrides or {}, "cap_gib": cap_gib, "device": str(device.type),
+            "versions": versions(), "node": platform.node()}
+    records, run = [], None
+    start = time.perf_counter()
+    try:
+        run = Run(model_name, method, device, grad_checkpointing, zero_overrides=zero_overrides,
+                  micro_batch=max(b for b, _ in points), seed=seed, checkpoint_dir=checkpoint_dir)
+        setup_s = time.perf_counter() - start
+    except torch.OutOfMemoryError as err:
+        return [{**base, "micro_batch": b, "seq_len": s, "oom": True, "oom_at": "setup", "error": str(err)[:300]}
+                for b, s in points]
+    for micro_batch, seq_len in points:
+        rec = {**base, "micro_batch": micro_batch, "seq_len": seq_len, "setup_s": round(setup_s, 2), "oom": False}
+        try:
+            batch = synthetic_batch(run.config, micro_batch, seq_len, device, run.dtype, seed=seed)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+            times, losses, phases = [], [], []
+            for i in range(steps):
+                t0 = time.perf_counter()
+                split = {} if phase_steps and i >= steps - phase_steps else None
+                losses.append(run.step(batch, split))
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+                if split is not None:
+                    phases.append(split)
+            rec.update(losses=losses, step_s=times)
+            if phases:  # the last steps again, each split into forward / backward / optimizer step
+                rec["phase_s"] = phases
+            if cuda:
+                rec.update(steady=torch.cuda.memory_allocated(device), peak=torch.cuda.max_memory_allocated(device))
+            rec["holdings"] = run.holdings()
+        except torch.OutOfMemoryError as err:
+            rec.update(oom=True, oom_at="step", error=str(err)[:300])
+            if run.engine is None:
+                run.optimizer.zero_grad(set_to_none=True)
+            del err
+            if cuda:
+                torch.cuda.empty_cache()
+        records.append(rec)
+    del run
+    if cuda:
+        torch.cuda.empty_cache()
+    return records
+
+
+def gather(records: list[dict]) -> list[dict]:
+    """Every rank's records, merged per point: ``per_rank`` lists, and steady/peak as the maximum over ranks."""
+    if not torch.distributed.is_initialized():
+        everyone = [records]
+    else:
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, records)
+    merged = []
+    for i, rec in enumerate(everyone[0]):
+        ranks = [r[i] for r in everyone]
+        out = {k: v for k, v in rec.items() if k not in ("holdings", "steady", "peak", "error")}
+        out["oom"] = any(r["oom"] for r in ranks)
+        out["errors"] = sorted({r["error"] for r in ranks if r.get("error")})
+        out["per_rank"] = [{k: r.get(k) for k in ("holdings", "steady", "peak")} for r in ranks]
+        if all("peak" in r for r in ranks) and not out["oom"]:
+            out["steady"] = max(r["steady"] for r in ranks)
+            out["peak"] = max(r["peak"] for r in ranks)
+        merged.append(out)
+    return merged
+
+
+def torchrun(module_args: list[str], processes: int = 2, timeout: int = 600):
+    """Run ``python -m <module_args>`` in ``processes`` fresh processes under ``torchrun --standalone`` (a free port;
+    one thread each on a CPU). A worker that aborts (SIGABRT, seen now and then inside the CPU collectives of
+    gloo/DeepSpeed) gets one retry; a second failure raises with the processes' output."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), "-m",
+           *module_args]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    for attempt in (1, 2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == 0 or "SIGABRT" not in proc.stderr:
+            break
+    if proc.returncode:
+        raise RuntimeError(f"{module_args[0]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_measure(model: str, methods: str, points: str, processes: int = 2, zero: dict | None = None,
+                timeout: int = 600) -> list[dict]:
+    """``python -m llava_nb.lab.measure`` in fresh processes (see ``torchrun``); returns its records."""
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="llava-nb-measure-")) / "runs.jsonl"
+    args = ["llava_nb.lab.measure", "--model", model, "--method", methods, "--points", points, "--out", str(out)]
+    for key, value in (zero or {}).items():
+        args += ["--zero", f"{key}={json.dumps(value)}"]
+    torchrun(args, processes, timeout)
+    records = {}  # a retried run appends again: keep the last record per (method, point)
+    for rec in map(json.loads, out.read_text().splitlines()):
+        records[(rec["method"], rec["micro_batch"], rec["seq_len"])] = rec
+    return list(records.values())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m llava_nb.lab.measure", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True, help="one method, or several separated by commas")
+    p.add_argument("--points", default="1x2048", help="comma-separated MICRO_BATCHxSEQ_LEN")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--no-grad-checkpointing", action="store_true")
+    p.add_argument("--zero", action="append", default=[], help="KEY=VALUE for zero_optimization")
+    p.add_argument("--cap-gib", type=float, default=None, help="cap each GPU at this many GiB (80 GB H100: 79.18)")
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--phase-steps", type=int, default=0, help="time the last N steps phase by phase")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    points = [tuple(int(x) for x in s.split("x")) for s in a.points.split(",")]
+    zero = {k: json.loads(v) for k, v in (z.split("=", 1) for z in a.zero)}
+    records = []
+    for method in a.method.split(","):  # several methods share one process group (and one start-up)
+        records += gather(measure(a.model, method, points, a.steps, not a.no_grad_checkpointing, zero, a.cap_gib,
+                                  a.checkpoint_dir, phase_steps=a.phase_steps))
+    if int(os.environ.get("RANK", 0)) == 0:
+        with open(a.out, "a") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        for rec in records:
+            print(json.dumps({k: rec.get(k) for k in ("method", "gpus", "micro_batch", "seq_len", "oom", "steady",
+                                                       "peak")}))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    # Leave without tearing the process group and DeepSpeed's CPU communication threads down: their C++ teardown at
+    # interpreter exit now and then aborts a rank ("terminate called without an active exception", SIGABRT) after
+    # all the work is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
