@@ -224,7 +224,8 @@ def main(argv=None) -> int:
     if args.profile:
         os.environ[ENV_VAR] = args.profile
     if args.command == "worker":
-        from .training.api import TrainSpec, run_worker
+        from .training.config import TrainSpec
+        from .training.worker import run_worker
 
         run_worker(TrainSpec(**json.loads(open(args.spec).read())))
         return 0

@@ -16,6 +16,9 @@ TOKENIZER_DIR = DATA_DIR / "tokenizer"
 IMAGES_DIR = DATA_DIR / "images"
 BENCHMARKS_DIR = DATA_DIR / "benchmarks"
 
+#: Where runs, synthetic data and the book's fetched assets are cached; ``LLAVA_NB_CACHE`` points elsewhere.
+CACHE_DIR = Path(os.environ.get("LLAVA_NB_CACHE", REPO_ROOT / ".cache"))
+
 
 @contextlib.contextmanager
 def locked(folder: Path):

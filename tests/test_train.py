@@ -277,7 +277,7 @@ def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(smal
 
 
 def test_weight_decay_spares_biases_and_norms():
-    from llava_nb.training.api import make_optimizer
+    from llava_nb.training.worker import make_optimizer
 
     model = llava_nb.build_model("tiny-llava-1.5", seed=0)
     opt = make_optimizer(model.parameters(), lr=1e-3, weight_decay=0.5)

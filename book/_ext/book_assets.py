@@ -79,7 +79,7 @@ def _wanted(member: str, files: dict):
 
 
 def vendor_dir() -> Path:
-    # the package's cache folder (llava_nb.training.api.CACHE_DIR), found without importing the package
+    # the package's cache folder (llava_nb.paths.CACHE_DIR), found without importing the package
     cache = Path(os.environ.get("LLAVA_NB_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
     return cache / "book-assets" / "vendor"
 

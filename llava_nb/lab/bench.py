@@ -130,7 +130,9 @@ def bench_step_time(model: str = "tiny-llava-1.5", micro_batch: int = 16, thread
     from ..data.dataset import Collator, ConversationDataset
     from ..methods.stages import freeze_for_stage
     from .throughput import cpu_step_profile
-    from ..training.api import TINY_HYPERPARAMS, default_template, load_for_training, synthetic_data
+    from ..training.config import TINY_HYPERPARAMS
+    from ..training.loading import default_template, load_for_training
+    from ..training.api import synthetic_data
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ def run(config: str, out_dir: str, max_steps: int = 4, micro_batch: int = 4, lr:
     from ..methods.recipes import llava_deepspeed_path
     from ..methods.stages import freeze_for_stage
     from ..data.synthetic import generate
-    from ..training.api import load_for_training
+    from ..training.loading import load_for_training
 
     rank = int(os.environ.get("RANK", 0))
     out = Path(out_dir)

@@ -219,7 +219,7 @@ def _load_lora_base(model_name: str, method: str, device, checkpoint_dir: str | 
     """The bf16 base (``lora``) or NF4 base (``qlora``), loaded through ``from_pretrained`` from a random-weight
     checkpoint saved (safetensors) to ``checkpoint_dir``, the path a real checkpoint takes."""
     from ..models.architectures import build_model, load_model
-    from ..training.api import CACHE_DIR
+    from ..paths import CACHE_DIR
     from ..methods.recipes import qlora_quantization_config
 
     folder = Path(checkpoint_dir or CACHE_DIR / "measure" / f"{model_name}-random-seed{seed}")

@@ -21,7 +21,6 @@ scaled down by the same factor as the tile (336 -> 84 px).
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch

@@ -15,7 +15,7 @@ def answer(model, image, prompt: str, template: str | None = None, max_new_token
     from ..data.dataset import open_image
     from ..models.image_tokens import count_image_tokens
     from ..models.templates import tokenize_conversation
-    from .api import default_template, load_for_training
+    from .loading import default_template, load_for_training
 
     if isinstance(model, (str, Path)):
         net, tokenizer, image_processor = load_for_training(str(model), stage=2)

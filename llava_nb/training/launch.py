@@ -1,0 +1,105 @@
+"""Starting the training processes: ``notebook_launcher`` (fork) from a notebook or script, fresh processes through
+``accelerate launch`` where fork cannot work, or nothing at all when a launcher already started this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .config import TrainSpec
+from .worker import run_worker
+
+def _in_distributed_launch() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def default_num_processes() -> int:
+    """Every GPU where there are GPUs (without initialising CUDA in this process), else 2 CPU processes."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 2
+
+
+def _launch_fresh_processes(spec: TrainSpec, num_processes: int) -> None:
+    """Start the workers as fresh processes through ``accelerate launch`` (``python -m llava_nb worker SPEC``)."""
+    import subprocess
+    import sys
+
+    spec_file = Path(spec.output_dir) / "spec.json"
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(json.dumps(asdict(spec)))
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(free_port()), "-m", "llava_nb", "worker", str(spec_file)], check=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now. Every launch gets its own: two runs on one machine on the same port
+    (29500, the default) collide, and DeepSpeed's CPU shared-memory all-reduce, whose segment names contain the
+    port, then crashes one of them (SIGABRT, "terminate called without an active exception")."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(spec: TrainSpec, num_processes: int) -> None:
+    """Run ``run_worker(spec)`` in ``num_processes`` processes (or in this one).
+
+    ``notebook_launcher`` forks, which CUDA forbids once this process has initialised it (a notebook that already
+    ran a model on the GPU, say); then the workers start as fresh processes through ``accelerate launch``.
+    """
+    from accelerate.state import AcceleratorState
+
+    if _in_distributed_launch():
+        run_worker(spec)
+        return
+    if num_processes == 1:
+        try:
+            run_worker(spec)
+        finally:  # forget this process's Accelerator, so that a later notebook_launcher can start processes
+            AcceleratorState._reset_state(reset_partial_state=True)
+        return
+    from ..methods.registry import get_method
+
+    deepspeed_on_gpu = torch.cuda.is_available() and get_method(spec.method).engine == "deepspeed"
+    if (torch.cuda.is_available() and torch.cuda.is_initialized()) or AcceleratorState._shared_state \
+            or "bitsandbytes" in sys.modules or deepspeed_on_gpu:
+        # fork is impossible after CUDA initialised; notebook_launcher refuses once an Accelerator exists in this
+        # process, and once bitsandbytes is imported (peft and transformers import it when it is installed).
+        # DeepSpeed on GPUs: forked workers failed in init_process_group with "CUDA error: initialization error"
+        # (2 x H200, 2026-11-28; data/gpu/engines_gpu.py), so they start fresh.
+        _launch_fresh_processes(spec, num_processes)
+        return
+    from accelerate import notebook_launcher
+
+    if not torch.cuda.is_available():
+        # Share the cores between the CPU processes. Accelerate would set 1 thread and warn (on stderr, which the
+        # book build treats as an error) when OMP_NUM_THREADS is unset.
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // num_processes)))
+    # torch's elastic launcher logs a failed process's whole traceback to stderr; train() re-raises the failure
+    # as a TrainingError that carries each process's own error, so that log is redundant here.
+    import logging
+
+    elastic = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)
+    try:
+        notebook_launcher(run_worker, (spec,), num_processes=num_processes, use_port=str(free_port()))
+    except Exception:
+        errors = list(Path(spec.output_dir).glob("error-rank*.txt"))
+        if not any(msg in e.read_text() for e in errors
+                   for msg in ("Cannot re-initialize CUDA in forked subprocess", "CUDA error: initialization error")):
+            raise
+        # CUDA was initialised in this process by something torch.cuda.is_initialized() does not see (it happens
+        # after an earlier notebook_launcher run on some machines): fork cannot work, fresh processes can.
+        for e in errors:
+            e.unlink()
+        print("notebook_launcher could not fork after CUDA was initialised; starting fresh processes instead")
+        _launch_fresh_processes(spec, num_processes)
+    finally:
+        elastic.setLevel(level)

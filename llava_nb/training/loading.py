@@ -1,0 +1,102 @@
+"""Loading what a run trains: a tiny name (the pretrained tiny ViT and LLM, a random projector), a checkpoint folder,
+or a Hugging Face id; with its tokenizer, image processor and chat template."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from ..errors import LlavaNbError
+
+def tiny_name(model: str) -> str | None:
+    """The tiny model a name or checkpoint folder is (from ``llava_nb_name`` in its config.json), else None."""
+    from ..models.architectures import resolve_name
+
+    config = Path(model) / "config.json"
+    if config.is_file():
+        name = json.loads(config.read_text()).get("llava_nb_name") or ""
+    else:
+        try:
+            name = resolve_name(model)
+        except LlavaNbError:
+            return None
+    return name if name.startswith("tiny-") else None
+
+
+def default_template(config, stage: int) -> str:
+    if stage == 1:
+        return "plain"
+    name = getattr(config, "llava_nb_name", "") or ""
+    if config.model_type == "llava_next" and (config.text_config.model_type == "mistral" or name == "tiny-llava-v1.6"):
+        return "mistral_instruct"
+    return "vicuna_v1"
+
+
+def load_for_training(model: str, stage: int, **load_kwargs):
+    """(model, tokenizer, image_processor) for a tiny name (pretrained parts, random projector), a checkpoint
+    folder, or a Hub id; ``load_kwargs`` go to ``from_pretrained`` (QLoRA's quantization config)."""
+    from ..models.architectures import build_model, load_model
+    from .pretrain import load_pretrained_parts
+    from ..models.processors import build_image_processor, load_processor
+    from ..models.tokenizer import load_tokenizer
+
+    if tiny_name(model) and not Path(model).is_dir():
+        if load_kwargs:
+            raise LlavaNbError(f"{model} is built, not loaded: a quantized (QLoRA) run needs a checkpoint folder, "
+                               "e.g. a stage-1 run's final_dir (train(..., stage=2) of a tiny name does that)")
+        with _whole_model_construction():
+            net = build_model(model)
+            load_pretrained_parts(net)
+        return net, load_tokenizer(), build_image_processor(net.config)
+    net = load_model(model, **load_kwargs)
+    folder = Path(model)
+    if folder.is_dir() and not any((folder / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
+        return net, load_tokenizer(), build_image_processor(net.config)
+    processor = load_processor(model)
+    return net, processor.tokenizer, processor.image_processor
+
+
+@contextlib.contextmanager
+def _whole_model_construction():
+    """Build (or run) a model whole even while an Accelerate/DeepSpeed ZeRO-3 config is active.
+
+    Workaround for transformers 5.24: with a ZeRO-3 config registered, ``Model(config)`` runs under
+    ``deepspeed.zero.Init``, and ``_init_weights`` then zeroes the embedding's ``padding_idx`` row of an already
+    partitioned, empty weight: ``IndexError: index 3 is out of bounds for dimension 0 with size 0``. A tiny model
+    is small, so it is built whole and ``deepspeed.initialize`` partitions it afterwards (``from_pretrained`` of a
+    checkpoint folder keeps ``zero.Init``, which loads correctly). Restores the config afterwards.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def _plain_model(config, state: dict):
+    """A model of ``config``'s own class holding ``state`` (a full state dict), for ``save_pretrained``. Built on
+    meta, so nothing is allocated or copied; its non-persistent buffers (RoPE's ``inv_freq``) stay on meta, so it
+    is for saving only."""
+    import torch
+
+    from ..models.architectures import model_class
+
+    with torch.device("meta"):
+        plain = model_class(config)(config)
+    plain.load_state_dict(state, assign=True)
+    return plain.eval()
+
+
+def _model_config(model: str):
+    """The config of a tiny name, checkpoint folder or Hub id (DeepSpeed's bucket sizes and FSDP's blocks follow it)."""
+    from ..models.architectures import get_config
+
+    if tiny_name(model) and not Path(model).is_dir():
+        return get_config(tiny_name(model))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model)
