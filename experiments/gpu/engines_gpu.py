@@ -1,9 +1,11 @@
-"""ZeRO-3 against FSDP2 on 2 or 4 GPUs: the DeepSpeed and FSDP chapters' training in GPU mode, then the full-size
-llava-1.5-7b architecture (random weights) at the same batches, timed.
+"""ZeRO-3 against FSDP2 on 2 and 4 GPUs: tiny model and 7B, timed (data/gpu/engines_gpu.jsonl).
 
-    python data/gpu/engines_gpu.py --gpus 2 --out $OUT/engines_gpu.jsonl
+The DeepSpeed and FSDP chapters' training in GPU mode, then the full-size llava-1.5-7b architecture (random weights)
+at the same batches, timed::
 
-One call per GPU count, resumable: a step whose record is already in ``engines_gpu.jsonl`` beside this file (or in
+    python -m experiments.gpu engines_gpu --gpus 2 --out $OUT/engines_gpu.jsonl
+
+One call per GPU count, resumable: a step whose record is already in ``data/gpu/engines_gpu.jsonl`` (or in
 ``--out``) is skipped. Records (one JSON line each, with the GPU name and library versions):
 
 * ``matmul``: the card's measured bf16 matrix rate (``throughput.matmul_tflops``), the MFU denominator;
@@ -17,7 +19,6 @@ One call per GPU count, resumable: a step whose record is already in ``engines_g
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,8 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DONE = HERE / "engines_gpu.jsonl"
+from .common import ENV, GPU_DIR, append, done
+
+DONE = GPU_DIR / "engines_gpu.jsonl"
 MODEL = "llava-1.5-7b"
 POINTS = "2x2048,8x2048"
 STEPS = 8
@@ -44,31 +46,17 @@ RUNS = [
     ("zero3 phases, no checkpointing", "zero3", {}, ["--phase-steps", "3", "--no-grad-checkpointing"], "2x2048", 5),
     ("fsdp phases, no checkpointing", "fsdp", {}, ["--phase-steps", "3", "--no-grad-checkpointing"], "2x2048", 5),
 ]
-ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
-       "PYTHONUNBUFFERED": "1"}
 
 
-def done(*paths: Path, key: tuple = ("kind", "gpus", "name")) -> set:
-    """The ``key`` fields of every record already in ``paths``: what a resumed call skips."""
-    keys = set()
-    for path in paths:
-        if path.exists():
-            keys |= {tuple(r.get(k) for k in key) for r in map(json.loads, path.read_text().splitlines())}
-    return keys
-
-
-SHOW = ("kind", "gpus", "name", "tflops", "eval_accuracy", "seconds")
-
-
-def append(out: Path, record: dict, show: tuple = SHOW) -> None:
-    """Append ``record`` to ``out`` as one JSON line and print its ``show`` fields."""
-    with open(out, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps({k: record.get(k) for k in show}), flush=True)
+def add_arguments(p) -> None:
+    p.add_argument("--gpus", type=int, required=True, help="processes, one per GPU")
+    p.add_argument("--out", required=True, help="JSON-lines file the new records are appended to")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per run (default: %(default)s)")
 
 
 def measure(a, out: Path, skip: set, env: dict, name: str, method: str, zero: dict, extra: list, points: str,
             steps: int) -> None:
+    """One of ``RUNS``: ``llava_nb.lab.measure`` under torchrun; its records, or a ``measure error``, appended."""
     if ("measure", a.gpus, name) in skip:
         return
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,12 +74,24 @@ def measure(a, out: Path, skip: set, env: dict, name: str, method: str, zero: di
             append(out, {**rec, "kind": "measure", "name": name})
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--gpus", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--timeout", type=int, default=300)
-    a = p.parse_args()
+def tiny(a, out: Path, skip: set, env: dict, base: dict, method: str) -> None:
+    """The tiny model's stage 2 with ``method`` on ``a.gpus`` processes, in a fresh cache: its result appended."""
+    if ("tiny", a.gpus, method) in skip:
+        return
+    with tempfile.TemporaryDirectory() as cache:
+        proc = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", "tiny-llava-1.5", "--stage", "2",
+                               "--method", method, "--num-processes", str(a.gpus), "--set", "log_every=0"],
+                              env={**env, "LLAVA_NB_CACHE": cache}, capture_output=True, text=True,
+                              timeout=a.timeout)
+    if proc.returncode:
+        append(out, {**base, "kind": "tiny error", "name": method, "stderr": proc.stderr[-4000:]})
+        return
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.pop("eval_examples", None)
+    append(out, {**base, "kind": "tiny", "name": method, **result})
+
+
+def main(a) -> None:
     import torch
 
     from llava_nb.lab.measure import versions
@@ -103,26 +103,10 @@ def main() -> None:
     base = {"gpus": a.gpus, "versions": versions()}
     if ("matmul", a.gpus, None) not in skip:
         append(out, {**base, "kind": "matmul", "tflops": matmul_tflops(), "n": 8192, "dtype": "bfloat16"})
-    for name, method, zero, extra, points, steps in RUNS[:5]:
-        measure(a, out, skip, env, name, method, zero, extra, points, steps)
+    for run in RUNS[:5]:
+        measure(a, out, skip, env, *run)
     for method in ("zero3", "fsdp"):
-        if ("tiny", a.gpus, method) in skip:
-            continue
-        with tempfile.TemporaryDirectory() as cache:
-            proc = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", "tiny-llava-1.5", "--stage", "2",
-                                   "--method", method, "--num-processes", str(a.gpus), "--set", "log_every=0"],
-                                  env={**env, "LLAVA_NB_CACHE": cache}, capture_output=True, text=True,
-                                  timeout=a.timeout)
-        if proc.returncode:
-            append(out, {**base, "kind": "tiny error", "name": method, "stderr": proc.stderr[-4000:]})
-            continue
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        result.pop("eval_examples", None)
-        append(out, {**base, "kind": "tiny", "name": method, **result})
-    for name, method, zero, extra, points, steps in RUNS[5:]:
-        measure(a, out, skip, env, name, method, zero, extra, points, steps)
+        tiny(a, out, skip, env, base, method)
+    for run in RUNS[5:]:
+        measure(a, out, skip, env, *run)
     torch.cuda.empty_cache()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,19 +1,19 @@
-"""Which part of bitsandbytes' paged memory works on this GPU stack, one step per process.
+"""Which parts of bitsandbytes' paged memory work on this GPU stack (data/gpu/paged_probe.jsonl).
 
-The first GPU run of ``peft_gpu.py`` (``peft_gpu.jsonl``) found both paged optimizers dying at their first step with
-"Error invalid device ordinal at line 568 in file /src/csrc/pythonInterface.cpp" (bitsandbytes 0.50.2, CUDA 13). The
-library exits the process on that error, so each step below runs in a fresh process and records its exit status,
-its JSON output (GiB as torch's allocator and as the driver count them) and the end of its stderr::
+The first GPU run of ``peft_gpu`` (``data/gpu/peft_gpu.jsonl``) found both paged optimizers dying at their first step
+with "Error invalid device ordinal at line 568 in file /src/csrc/pythonInterface.cpp" (bitsandbytes 0.50.2, CUDA 13).
+The library exits the process on that error, so each step below runs in a fresh process and records its exit
+status, its JSON output (GiB as torch's allocator and as the driver count them) and the end of its stderr::
 
-    python data/gpu/paged_probe.py --out $OUT/paged_probe.jsonl
+    python -m experiments.gpu paged_probe --out $OUT/paged_probe.jsonl
 
 Steps: the device's managed-memory attributes; a 1 GiB managed buffer from ``get_paged`` filled on the GPU; the
-same moved to host memory and back with ``prefetch_tensor``; ``PagedAdamW`` on a Linear at ``cuda:0``.
+same moved to host memory and back with ``prefetch_tensor``; ``PagedAdamW`` on a Linear at ``cuda:0``. Not
+resumable: each call appends one record per step.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -71,10 +71,11 @@ out["after_step"] = {"driver": used() - u0, "allocator": alloc() - a0,
 }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    a = p.parse_args()
+def add_arguments(p) -> None:
+    p.add_argument("--out", required=True, help="JSON-lines file the records are appended to")
+
+
+def main(a) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name, code in STEPS.items():
         script = COMMON + code + "\nprint('RESULT ' + json.dumps(out))\n"
@@ -85,7 +86,3 @@ def main() -> None:
         with open(a.out, "a") as f:
             f.write(json.dumps(rec) + "\n")
         print(json.dumps({k: rec[k] for k in ("name", "rc", "result")}), flush=True)
-
-
-if __name__ == "__main__":
-    main()

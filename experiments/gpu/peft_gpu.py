@@ -1,10 +1,12 @@
-"""LoRA and QLoRA on one GPU: step time of the full-size llava-1.5-7b (random weights), why QLoRA is slower, and the
-paged-optimizer demonstration of the QLoRA chapter.
+"""LoRA, QLoRA on one GPU: 7B step times, NF4 layers, paged optimizers (data/gpu/peft_gpu.jsonl).
 
-    python data/gpu/peft_gpu.py --out $OUT/peft_gpu.jsonl
+Step time of the full-size llava-1.5-7b (random weights) with LoRA and QLoRA, why QLoRA is slower, and the
+paged-optimizer demonstration of the QLoRA chapter::
 
-Resumable: a record whose (kind, name) is already in ``peft_gpu.jsonl`` beside this file (or in ``--out``) is
-skipped. Records (one JSON line each, with the GPU name and library versions):
+    python -m experiments.gpu peft_gpu --out $OUT/peft_gpu.jsonl
+
+Resumable: a record whose (kind, name) is already in ``data/gpu/peft_gpu.jsonl`` (or in ``--out``) is skipped.
+Records (one JSON line each, with the GPU name and library versions):
 
 * ``matmul``: the card's measured bf16 matrix rate (``throughput.matmul_tflops``);
 * ``measure``: ``python -m llava_nb.lab.measure`` records for LoRA and QLoRA at the memory chapter's points (gradient
@@ -13,13 +15,12 @@ skipped. Records (one JSON line each, with the GPU name and library versions):
 * ``linear4bit``: ``quant.linear4bit_timing`` for the 7B's Linear shapes (attention 4096 x 4096, MLP 4096 x 11008 and
   11008 x 4096) at 4096 tokens: bf16 against NF4, and one dequantization;
 * ``paged``: ``python -m llava_nb.lab.paged`` for each optimizer, one process each (without ``--evict``: see
-  ``paged_probe.py``);
+  ``paged_probe``);
 * ``... error``: a run that failed, with the end of its stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -28,36 +29,28 @@ import sys
 import tempfile
 from pathlib import Path
 
-import engines_gpu
-from engines_gpu import ENV
+from . import common
+from .common import ENV, GPU_DIR
 
-HERE = Path(__file__).resolve().parent
-DONE = HERE / "peft_gpu.jsonl"
+DONE = GPU_DIR / "peft_gpu.jsonl"
 MODEL = "llava-1.5-7b"
 POINTS = "1x1024,2x2048,8x2048"  # the memory chapter's points (micro_batch x seq_len, 576 image tokens inside)
 H100_USABLE_GIB = 79.18
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (in, out): q/k/v/o, gate/up, down
 KEY = ("kind", "name")  # what makes a record done here (one GPU)
-append = functools.partial(engines_gpu.append, show=("kind", "name", "micro_batch", "seq_len", "tflops", "oom"))
+append = functools.partial(common.append, show=("kind", "name", "micro_batch", "seq_len", "tflops", "oom"))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", required=True)
-    p.add_argument("--timeout", type=int, default=300)
-    a = p.parse_args()
-    import torch
+def add_arguments(p) -> None:
+    p.add_argument("--out", required=True, help="JSON-lines file the new records are appended to")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per measure run (default: %(default)s)")
 
-    from llava_nb.lab.measure import versions
+
+def paged(out: Path, skip: set, env: dict, base: dict) -> None:
+    """``llava_nb.lab.paged`` for each optimizer not yet done, one process each."""
     from llava_nb.lab.paged import OPTIMIZERS
-    from llava_nb.lab.quant import linear4bit_timing
-    from llava_nb.lab.throughput import matmul_tflops
 
-    out = Path(a.out)
-    skip = engines_gpu.done(DONE, out, key=KEY)
-    env = {**os.environ, **ENV}
-    base = {"gpus": 1, "versions": versions()}
-    for name in OPTIMIZERS:  # first: the part the QLoRA chapter needs most
+    for name in OPTIMIZERS:
         if ("paged", name) in skip:
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -68,6 +61,37 @@ def main() -> None:
                 append(out, {**base, "kind": "paged error", "name": name, "stderr": proc.stderr[-4000:]})
                 continue
             append(out, {**json.loads(runs.read_text()), "kind": "paged", "name": name})
+
+
+def measure(a, out: Path, skip: set, env: dict, base: dict, method: str) -> None:
+    """``llava_nb.lab.measure`` of the 7B with ``method`` on one GPU, capped at an H100's memory."""
+    if ("measure", method) in skip:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs.jsonl"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
+               "llava_nb.lab.measure", "--model", MODEL, "--method", method, "--points", POINTS,
+               "--steps", "8", "--phase-steps", "4", "--cap-gib", str(H100_USABLE_GIB), "--out", str(runs)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
+        if not runs.exists():
+            append(out, {**base, "kind": "measure error", "name": method, "stderr": proc.stderr[-4000:]})
+            return
+        for rec in map(json.loads, runs.read_text().splitlines()):
+            append(out, {**rec, "kind": "measure", "name": method})
+
+
+def main(a) -> None:
+    import torch
+
+    from llava_nb.lab.measure import versions
+    from llava_nb.lab.quant import linear4bit_timing
+    from llava_nb.lab.throughput import matmul_tflops
+
+    out = Path(a.out)
+    skip = common.done(DONE, out, key=KEY)
+    env = {**os.environ, **ENV}
+    base = {"gpus": 1, "versions": versions()}
+    paged(out, skip, env, base)  # first: the part the QLoRA chapter needs most
     if ("matmul", None) not in skip:
         append(out, {**base, "kind": "matmul", "tflops": matmul_tflops(), "n": 8192, "dtype": "bfloat16"})
     for shape in SHAPES:
@@ -76,20 +100,4 @@ def main() -> None:
             append(out, {**base, "kind": "linear4bit", "name": name, **linear4bit_timing(*shape, tokens=4096)})
             torch.cuda.empty_cache()
     for method in ("lora", "qlora"):
-        if ("measure", method) in skip:
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            runs = Path(tmp) / "runs.jsonl"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m",
-                   "llava_nb.lab.measure", "--model", MODEL, "--method", method, "--points", POINTS,
-                   "--steps", "8", "--phase-steps", "4", "--cap-gib", str(H100_USABLE_GIB), "--out", str(runs)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
-            if not runs.exists():
-                append(out, {**base, "kind": "measure error", "name": method, "stderr": proc.stderr[-4000:]})
-                continue
-            for rec in map(json.loads, runs.read_text().splitlines()):
-                append(out, {**rec, "kind": "measure", "name": method})
-
-
-if __name__ == "__main__":
-    main()
+        measure(a, out, skip, env, base, method)

@@ -1,13 +1,17 @@
-"""How much stage-2 training the tiny LLaVA-1.5 needs for the 90% target: epochs, learning rate, batch size and
-weight decay, on one GPU (the GPU only makes the sweep fast; every run is the CPU recipe's code path).
+"""Tiny stage 2: the epochs, lr, batch, weight decay for 90% (data/gpu/sweep_compute.jsonl).
 
-    python data/gpu/sweep_compute.py data/gpu/sweep_compute.jsonl
+How much stage-2 training the tiny LLaVA-1.5 needs for the 90% target: epochs, learning rate, batch size and
+weight decay, on one GPU (the GPU only makes the sweep fast; every run is the CPU recipe's code path)::
+
+    python -m experiments.gpu sweep_compute data/gpu/sweep_compute.jsonl
 
 Each variant trains stage 2 from the cached stage 1 with ``python -m llava_nb train ... --set KEY=VALUE`` in its own
 cache folder, four at a time, and appends one JSON line (held-out accuracy by type, blank-image accuracy, steps,
 seconds) to the output file. The records in ``sweep_compute.jsonl`` came from four calls on one lent GPU (H100 or
 H200) on 2026-11-28; the two ``cpu`` records were run on the 2-core CPU machine with the same command.
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -16,6 +20,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from .common import append_line
 
 VARIANTS = {
     "18 epochs, lr 1e-3": ["epochs=18"],
@@ -35,25 +41,32 @@ VARIANTS = {
 }
 
 
+def add_arguments(p) -> None:
+    p.add_argument("out", help="JSON-lines file the records are appended to")
+
+
+def cli_args(settings: list[str]) -> list[str]:
+    """``--set KEY=VALUE`` for each setting, but ``--seed N`` for ``seed=N``."""
+    args = []
+    for kv in settings:
+        args += ["--seed", kv.split("=")[1]] if kv.startswith("seed=") else ["--set", kv]
+    return args
+
+
 def run(name: str) -> dict:
     d = f"/tmp/sweep_{abs(hash(name))}"
     shutil.rmtree(d, ignore_errors=True)
-    args = []
-    for kv in VARIANTS[name]:
-        args += ["--seed", kv.split("=")[1]] if kv.startswith("seed=") else ["--set", kv]
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "4"}
     start = time.time()
     p = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", "tiny-llava-1.5", "--stage", "2",
-                        "--set", "log_every=0", *args], env=env, capture_output=True, text=True)
+                        "--set", "log_every=0", *cli_args(VARIANTS[name])], env=env, capture_output=True, text=True)
     r = json.loads(p.stdout.strip().splitlines()[-1])
     return {"name": name, "settings": VARIANTS[name], "device": "gpu", "acc": r["eval_accuracy"],
             "by_type": r["eval_by_type"], "blank": r["eval_blank_accuracy"], "steps": r["steps"],
             "s": round(time.time() - start)}
 
 
-if __name__ == "__main__":
+def main(a) -> None:
     with ThreadPoolExecutor(4) as ex:
         for res in ex.map(run, VARIANTS):
-            print(json.dumps(res), flush=True)
-            with open(sys.argv[1], "a") as f:
-                f.write(json.dumps(res) + "\n")
+            append_line(a.out, res)

@@ -1,18 +1,22 @@
-"""Which stage-2 data shape lets the tiny LLaVA-1.5 reach the 90% target in the CPU time budget: more question
-turns per image (LLaVA-1.5 merges the questions about one image into one multi-turn conversation), distinct
-question types per conversation, learning rate and epochs.
+"""Tiny stage 2: a data shape that reaches 90% in the CPU budget (data/gpu/sweep_data.jsonl).
 
-    python data/gpu/sweep_data.py data/gpu/sweep_data.jsonl [VARIANT ...]
+Which stage-2 data shape lets the tiny LLaVA-1.5 reach the 90% target in the CPU time budget: more question
+turns per image (LLaVA-1.5 merges the questions about one image into one multi-turn conversation), distinct
+question types per conversation, learning rate and epochs::
+
+    python -m experiments.gpu sweep_data data/gpu/sweep_data.jsonl [VARIANT ...]
 
 Each variant regenerates the synthetic set with ``synthetic.generate(turns=..., distinct_types=...)`` in its own
 cache folder (and, for ``pretrain`` variants, retrains the tiny LLM with ``pretrain_language(**pretrain)``),
 trains stage 1 and stage 2 with ``llava_nb.training.api`` (the CPU recipe's code path; the GPU only makes
 the sweep fast), and appends one JSON line: held-out accuracy by type, blank-image accuracy, steps, seconds, and
 the stage-2 tokens per epoch (what the CPU time is proportional to). The records in ``sweep_data.jsonl`` came from
-two calls on one lent NVIDIA H200 on 2026-11-28, all variants of a call at once.
+two calls on one lent NVIDIA H200 on 2026-11-28, all variants of a call at once. ``sweep_recipe`` reuses
+``fresh_folder``, ``train_stage2`` and ``tokens_per_epoch``.
 """
 
-import functools
+from __future__ import annotations
+
 import json
 import os
 import shutil
@@ -20,6 +24,9 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .common import PRETRAINED_DIR, append_line
 
 VARIANTS = {
     "turns 1-3 (current)": dict(data={}, hp={}),
@@ -62,7 +69,7 @@ def tokens_per_epoch(instruct_json: str) -> tuple[int, int]:
     from llava_nb.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
-    recs = json.load(open(instruct_json))
+    recs = json.loads(Path(instruct_json).read_text())
     return len(recs), sum(len(tokenize_conversation(tok, r["conversations"], "vicuna_v1", 36, None).input_ids)
                           for r in recs)
 
@@ -86,11 +93,12 @@ def train_stage2(worker: str, payload: list, hp: dict, env: dict, *cli: str) -> 
 
 
 def run(name: str) -> dict:
+    """Train the variant ``name`` in a fresh cache: its record, or {"name", "error"} if training failed."""
     v = VARIANTS[name]
     d = fresh_folder("sweep_data", name)
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "2"}
     if v.get("pretrain"):  # a fresh LLM in the variant's own folder, beside a copy of the committed ViT
-        shutil.copytree("data/pretrained/tiny-clip-vit", f"{d}/pretrained/tiny-clip-vit")
+        shutil.copytree(PRETRAINED_DIR / "tiny-clip-vit", f"{d}/pretrained/tiny-clip-vit")
         env["LLAVA_NB_PRETRAINED"] = f"{d}/pretrained"
     start = time.time()
     r, error = train_stage2(WORKER, [v["data"], v.get("pretrain", {})], v["hp"], env)
@@ -98,16 +106,19 @@ def run(name: str) -> dict:
         return {"name": name, "error": error}
     n_images = v["hp"].get("n_images", 3000)
     samples, tokens = tokens_per_epoch(f"{d}/synthetic/square-{n_images}-300-seed0/instruct.json")
-    return {"name": name, "data": v["data"], "hp": v["hp"], "pretrain": v.get("pretrain", {}), "device": "gpu", "acc": r["eval_accuracy"],
-            "by_type": r["eval_by_type"], "blank": r["eval_blank_accuracy"], "steps": r["steps"],
-            "epochs": v["hp"].get("epochs", 6), "samples_per_epoch": samples, "tokens_per_epoch": tokens,
-            "s": round(time.time() - start)}
+    return {"name": name, "data": v["data"], "hp": v["hp"], "pretrain": v.get("pretrain", {}), "device": "gpu",
+            "acc": r["eval_accuracy"], "by_type": r["eval_by_type"], "blank": r["eval_blank_accuracy"],
+            "steps": r["steps"], "epochs": v["hp"].get("epochs", 6), "samples_per_epoch": samples,
+            "tokens_per_epoch": tokens, "s": round(time.time() - start)}
 
 
-if __name__ == "__main__":
-    names = sys.argv[2:] or list(VARIANTS)
+def add_arguments(p) -> None:
+    p.add_argument("out", help="JSON-lines file the records are appended to")
+    p.add_argument("variants", nargs="*", metavar="VARIANT", help="names in VARIANTS (default: all), run at once")
+
+
+def main(a) -> None:
+    names = a.variants or list(VARIANTS)
     with ThreadPoolExecutor(len(names)) as ex:
         for res in ex.map(run, names):
-            print(json.dumps(res), flush=True)
-            with open(sys.argv[1], "a") as f:
-                f.write(json.dumps(res) + "\n")
+            append_line(a.out, res)

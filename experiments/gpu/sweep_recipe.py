@@ -1,6 +1,8 @@
-"""Session 6's search for a tiny LLaVA-1.5 recipe that reaches 90% held-out accuracy inside the CPU budget.
+"""Tiny stage 2: the recipe search for 90% in the CPU budget (data/gpu/sweep_recipe.jsonl).
 
-    python data/gpu/sweep_recipe.py OUT.jsonl [VARIANT ... | --from=N | --from=N:M]
+Session 6's search for a tiny LLaVA-1.5 recipe that reaches 90% held-out accuracy inside the CPU budget::
+
+    python -m experiments.gpu sweep_recipe OUT.jsonl [VARIANT ... | --from=N | --from=N:M]
 
 The earlier sweeps (``sweep_compute.jsonl``, ``sweep_data.jsonl``) showed that the yes/no questions ("exists",
 "position") need about twice the stage-2 compute of the current recipe. A CPU step costs what its tokens cost
@@ -29,15 +31,16 @@ the sweep fast) in its own cache folder, all variants at once, and appends one J
 type, blank-image accuracy, steps, the stage-2 tokens per epoch (what the CPU time is proportional to), seconds.
 """
 
+from __future__ import annotations
+
 import glob
-import json
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from sweep_data import fresh_folder, tokens_per_epoch, train_stage2
+from .common import PRETRAINED_DIR, append_line
+from .sweep_data import fresh_folder, tokens_per_epoch, train_stage2
 
 G = {"group_by_length": True}
 BASE = {"epochs": 12, "lr": 5e-4}
@@ -150,6 +153,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def run(name: str) -> dict:
+    """Train the variant ``name`` in a fresh cache: its record, or {"name", "error"} if training failed."""
     v = VARIANTS[name]
     seed = v.get("seed", 0)
     d = fresh_folder("sweep_recipe", name)
@@ -157,7 +161,7 @@ def run(name: str) -> dict:
     if v.get("pretrain"):  # fresh tiny parts in the variant's own folder (but copies of the committed ones in "keep")
         env["LLAVA_NB_PRETRAINED"] = f"{d}/pretrained"
         for part in v["pretrain"].get("keep", []):
-            shutil.copytree(f"data/pretrained/{part}", f"{d}/pretrained/{part}")
+            shutil.copytree(PRETRAINED_DIR / part, f"{d}/pretrained/{part}")
     start = time.time()
     r, error = train_stage2(WORKER, [v["data"], v.get("stage1", {}), v.get("pretrain", {})], v["hp"], env,
                             "--seed", str(seed))
@@ -171,14 +175,23 @@ def run(name: str) -> dict:
             "tokens_per_epoch": tokens, "s": round(time.time() - start)}
 
 
-if __name__ == "__main__":
-    names = sys.argv[2:] or list(VARIANTS)
-    if names[0].startswith("--from="):  # the variants from the N-th on (a later call), or the N-th to the M-th
-        first, _, last = names[0].split("=")[1].partition(":")
-        names = list(VARIANTS)[int(first):int(last) if last else None]
+def add_arguments(p) -> None:
+    p.add_argument("out", help="JSON-lines file the records are appended to")
+    p.add_argument("variants", nargs="*", metavar="VARIANT", help="names in VARIANTS (default: all), run at once")
+    p.add_argument("--from", dest="span", metavar="N[:M]",
+                   help="instead of names: the variants from the N-th on (a later call), or the N-th to the M-th")
+
+
+def select(variants: list[str], span: str | None) -> list[str]:
+    """The names a call runs: ``variants`` (all of ``VARIANTS`` if none), or ``VARIANTS``' slice N:M of ``span``."""
+    if span:
+        first, _, last = span.partition(":")
+        return list(VARIANTS)[int(first):int(last) if last else None]
+    return variants or list(VARIANTS)
+
+
+def main(a) -> None:
+    names = select(a.variants, a.span)
     with ThreadPoolExecutor(len(names)) as ex:
         for future in as_completed([ex.submit(run, name) for name in names]):
-            res = future.result()
-            print(json.dumps(res), flush=True)
-            with open(sys.argv[1], "a") as f:
-                f.write(json.dumps(res) + "\n")
+            append_line(a.out, future.result())

@@ -1,15 +1,17 @@
-"""The tiny pipeline and the Accelerate chapter's launcher on every GPU of one machine, over NCCL.
+"""The tiny pipeline and Accelerate's launchers on all GPUs (data/gpu/tiny_pipeline_2gpu.json).
 
 Run on a GPU machine from the repository root (the book's results came from the device tool's 2-GPU H100/H200
-machines):
+machines)::
 
-    python data/gpu/tiny_pipeline_gpus.py data/gpu/tiny_pipeline_2gpu.json
+    python -m experiments.gpu tiny_pipeline_gpus data/gpu/tiny_pipeline_2gpu.json
 
 It records the GPUs and library versions, which setups still let a process fork CUDA workers (``fork_probe``),
 what each launched process sees (rank, device, backend, an all-reduce), an ``accelerate launch`` run (the
 multi-machine code path on one machine), and the whole tiny pipeline (stage 1, stage 2, held-out and blank-image
-accuracy) from an empty cache.
+accuracy) from an empty cache, all over NCCL. Without a file, it writes ``data/gpu/tiny_pipeline_gpus.json``.
 """
+
+from __future__ import annotations
 
 import json
 import os
@@ -18,11 +20,22 @@ import sys
 import time
 from pathlib import Path
 
-# NVLink multicast stays off on shared machines (it can take a host's GPUs down).
-for var, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
-    os.environ.setdefault(var, value)
+from .common import GPU_DIR, NO_MULTICAST
+
 WORK = Path("/tmp/llava_nb_gpu")
-os.environ["LLAVA_NB_CACHE"] = str(WORK / "cache")  # before llava_nb is imported
+
+
+def add_arguments(p) -> None:
+    p.add_argument("out", nargs="?", default=GPU_DIR / "tiny_pipeline_gpus.json",
+                   help="JSON file the record is written to (default: data/gpu/tiny_pipeline_gpus.json)")
+    p.add_argument("--who-am-i", metavar="DIR", help="(internal) be one of the processes launch_who_am_i starts")
+
+
+def set_environment() -> None:
+    """No NVLink multicast, and the cache in ``WORK``: before torch and llava_nb are imported."""
+    for var, value in NO_MULTICAST.items():
+        os.environ.setdefault(var, value)
+    os.environ["LLAVA_NB_CACHE"] = str(WORK / "cache")
 
 
 def who_am_i(out_dir):
@@ -85,12 +98,20 @@ def launch_who_am_i(ranks: Path, n: int) -> str:
     except Exception as err:  # the children's error is in the log above
         print(f"notebook_launcher failed ({type(err).__name__}); starting fresh processes instead", flush=True)
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", __file__,
-                    "--who-am-i", str(ranks)], check=True)
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "experiments.gpu",
+                    "tiny_pipeline_gpus", "--who-am-i", str(ranks)], check=True)
     return "accelerate launch (fresh processes), after notebook_launcher failed"
 
 
-def main(out_file: str) -> None:
+def main(a) -> None:
+    set_environment()
+    if a.who_am_i:  # a process started by accelerate launch (launch_who_am_i's fallback)
+        return who_am_i(a.who_am_i)
+    run(a.out)
+
+
+def run(out_file: str | Path) -> None:
+    """The fork probe, the launcher's processes, ``accelerate launch``, the tiny pipeline: one record."""
     probe = fork_probe()
     print("fork probe:", json.dumps(probe), flush=True)
     import torch
@@ -135,10 +156,3 @@ def main(out_file: str) -> None:
     }
     Path(out_file).write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "pipeline"} | {"accuracy": result["eval_accuracy"]}))
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--who-am-i"]:  # a process started by accelerate launch (launch_who_am_i's fallback)
-        who_am_i(sys.argv[2])
-    else:
-        main(sys.argv[1] if len(sys.argv) > 1 else "tiny_pipeline_gpus.json")
