@@ -49,12 +49,15 @@ def test_qlora_preparation_turns_the_hidden_states_to_fp32(tmp_path):
     QLoRA chapter's explanation of why QLoRA's steps slow down with the tokens, not only by the dequantization."""
     import llava_nb
     from llava_nb.lab.quant import hidden_state_dtypes
-    from llava_nb.methods.recipes import prepare_model, qlora_quantization_config
+    from llava_nb.methods.setup import load_kwargs, setup_model
 
     llava_nb.build_model(llava_nb.profile_model("v1.5", "tiny"), seed=0).save_pretrained(tmp_path)
-    lora = hidden_state_dtypes(prepare_model(llava_nb.load_model(tmp_path, dtype=torch.bfloat16), "lora"))
-    qlora = hidden_state_dtypes(prepare_model(llava_nb.load_model(
-        tmp_path, dtype=torch.bfloat16, quantization_config=qlora_quantization_config()), "qlora"))
+
+    def set_up(method):  # as train() does: loaded in the method's dtype (4-bit for QLoRA), then its set-up
+        model = llava_nb.load_model(tmp_path, **load_kwargs(method, "bf16"))
+        return setup_model(model, method, mixed_precision="bf16", gradient_checkpointing=True)
+
+    lora, qlora = hidden_state_dtypes(set_up("lora")), hidden_state_dtypes(set_up("qlora"))
     assert set(lora.values()) == {"bfloat16"}
     assert set(qlora.values()) == {"float32"}
     assert set(qlora) == {"attention input", "MLP input", "last layer input", "lm_head input"}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llava_nb.methods.recipes import LLAVA_FILES, deepspeed_config, llava_deepspeed_file, llava_deepspeed_path
+from llava_nb.methods.deepspeed import LLAVA_FILES, deepspeed_config, llava_deepspeed_file, llava_deepspeed_path
 
 
 @pytest.mark.parametrize("name", LLAVA_FILES)

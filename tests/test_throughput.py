@@ -12,9 +12,9 @@ def test_model_flops_match_torchs_flop_counter_on_a_real_training_step():
     from torch.utils.flop_counter import FlopCounterMode
 
     from llava_nb.lab.measure import synthetic_batch
-    from llava_nb.methods.recipes import freeze_vision
+    from llava_nb.methods.stages import freeze_for_stage
 
-    model = freeze_vision(llava_nb.build_model("tiny-llava-1.5"))
+    model = freeze_for_stage(llava_nb.build_model("tiny-llava-1.5"), "stage2")
     batch = synthetic_batch(model.config, 2, 100, torch.device("cpu"))
     with FlopCounterMode(display=False) as counter:
         model(**batch).loss.backward()

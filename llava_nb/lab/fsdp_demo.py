@@ -33,10 +33,11 @@ SHOWN = ("model.language_model.embed_tokens.weight", "model.language_model.layer
 
 def _model(unfreeze_vision: bool = False):
     from ..models.architectures import build_model
-    from ..methods.recipes import freeze_vision, shard_fsdp
+    from ..methods.fsdp import shard_fsdp
+    from ..methods.stages import freeze_for_stage
 
     model = build_model("tiny-llava-1.5", seed=0)
-    freeze_vision(model)
+    freeze_for_stage(model, "stage2")
     if unfreeze_vision:
         model.model.vision_tower.requires_grad_(True)
     return shard_fsdp(model)  # fully_shard per ViT and LLM layer, then the root; bf16 compute, fp32 reduce

@@ -31,7 +31,7 @@ def run(config: str, out_dir: str, max_steps: int = 4, micro_batch: int = 4, lr:
 
     from ..data.records import load_conversations
     from ..data.dataset import Collator, ConversationDataset
-    from ..methods.recipes import llava_deepspeed_path
+    from ..methods.deepspeed import llava_deepspeed_path
     from ..methods.stages import freeze_for_stage
     from ..data.synthetic import generate
     from ..training.loading import load_for_training

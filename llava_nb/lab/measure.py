@@ -4,8 +4,8 @@ Run it under ``torchrun`` (one process per GPU, or per CPU "rank" over gloo)::
 
     torchrun --standalone --nproc-per-node 2 -m llava_nb.lab.measure --model tiny-llava-1.5 --method zero3 --points 2x256
 
-Each rank builds the model with random weights, sets up ``method``'s recipe (``recipes.prepare_model`` and the
-engine), and runs ``steps`` training steps per (micro_batch, seq_len) point on synthetic batches (image tokens
+Each rank builds the model with random weights, sets ``method`` up as ``train()`` does (``methods.setup.setup_model``, bf16 mixed precision) and wraps it in the
+method's engine, and runs ``steps`` training steps per (micro_batch, seq_len) point on synthetic batches (image tokens
 included in ``seq_len``). It reports, per rank:
 
 * ``holdings``: bytes of each model state read from the engine's own tensors (DeepSpeed's partitions, FSDP2's
@@ -31,7 +31,10 @@ from pathlib import Path
 
 import torch
 
-from ..methods.recipes import DEEPSPEED_METHODS, check_method, deepspeed_config, llm_hidden_size, prepare_model, shard_fsdp
+from ..methods.deepspeed import deepspeed_config, llm_hidden_size
+from ..methods.fsdp import shard_fsdp
+from ..methods.registry import get_method
+from ..methods.setup import load_kwargs, setup_model
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -129,41 +132,38 @@ class Run:
                  checkpoint_dir: str | None = None):
         from ..models.architectures import build_model, get_config
 
-        self.method, self.device = check_method(method), device
+        self.method, self.device = get_method(method), device
         self.world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         config = get_config(model_name)
         self.config = config
         torch.manual_seed(seed)
-        if method in DEEPSPEED_METHODS:
+        engine = self.method.engine
+        # the weights straight in the method's dtype: a 7B in fp32 is 28 GB per rank
+        dtype = load_kwargs(self.method, "bf16").get("dtype", torch.float32)
+        if self.method.adapter.name != "none":  # through from_pretrained, the path a real checkpoint takes
+            model = _load_lora_base(model_name, self.method, device, checkpoint_dir, seed)
+        else:
+            model = build_model(config, device=device, dtype=dtype, seed=seed)
+        model = setup_model(model, self.method, mixed_precision="bf16", gradient_checkpointing=grad_checkpointing)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.engine, self.autocast = None, engine.kind == "ddp"  # torch DDP computes in bf16 by autocast
+        self.dtype = torch.bfloat16 if engine.kind == "deepspeed" else torch.float32
+        if engine.kind == "deepspeed":
             import deepspeed
 
-            # bf16 straight away: DeepSpeed would cast to bf16 anyway, and a 7B in fp32 is 28 GB per rank.
-            model = build_model(config, device=device, dtype=torch.bfloat16, seed=seed)
-            model = prepare_model(model, method, grad_checkpointing)
-            ds = deepspeed_config(method, llm_hidden_size(config), micro_batch, self.world, **(zero_overrides or {}))
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=lr)
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
-            self.basic = opt
+            ds = deepspeed_config(engine.name, llm_hidden_size(config), micro_batch, self.world,
+                                  **(zero_overrides or {}))
+            self.basic = torch.optim.AdamW(params, lr=lr)
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=self.basic, config=ds)
             self.model = self.engine.module
-            self.dtype = torch.bfloat16
-        elif method == "fsdp":
-            model = build_model(config, device=device, dtype=torch.float32, seed=seed)
-            model = prepare_model(model, "fsdp", grad_checkpointing)
-            self.model = shard_fsdp(model)
-            self.optimizer = self.basic = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-            self.engine = None
-            self.dtype = torch.float32
         else:
-            self.model = _load_lora_base(model_name, method, device, checkpoint_dir, seed)
-            self.model = prepare_model(self.model, method, grad_checkpointing)
-            if self.world > 1:
-                self.model = torch.nn.parallel.DistributedDataParallel(
-                    self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            self.optimizer = self.basic = torch.optim.AdamW(
-                [p for p in self.model.parameters() if p.requires_grad], lr=lr)
-            self.engine = None
-            self.dtype = torch.bfloat16
+            if engine.kind == "fsdp":
+                model = shard_fsdp(model)
+            elif self.world > 1:
+                model = torch.nn.parallel.DistributedDataParallel(
+                    model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.model = model
+            self.optimizer = self.basic = torch.optim.AdamW(params, lr=lr)
         self.grads = _grad_probe(self.basic)
 
     def step(self, batch: dict, phases: dict | None = None) -> float:
@@ -177,7 +177,8 @@ class Run:
             clock.mark("backward")
             self.engine.step()  # DeepSpeed's step zeroes the gradients itself
         else:
-            loss = self.model(**batch).loss
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = self.model(**batch).loss
             clock.mark("forward")
             loss.backward()
             clock.mark("backward")
@@ -205,7 +206,7 @@ class Run:
                 masters = getattr(opt, master)
                 out["master_weights"] = _nbytes(t for group in masters for t in (group if isinstance(group, list) else [group]))
             out["optimizer"] = name
-        elif self.method == "fsdp":
+        elif self.method.engine.kind == "fsdp":
             out["weights"] = _nbytes(params)  # fp32 shards: also the master weights
             out["master_weights"] = 0
         else:
@@ -215,12 +216,12 @@ class Run:
         return out
 
 
-def _load_lora_base(model_name: str, method: str, device, checkpoint_dir: str | None, seed: int):
-    """The bf16 base (``lora``) or NF4 base (``qlora``), loaded through ``from_pretrained`` from a random-weight
-    checkpoint saved (safetensors) to ``checkpoint_dir``, the path a real checkpoint takes."""
+def _load_lora_base(model_name: str, method, device, checkpoint_dir: str | None, seed: int):
+    """The base of a LoRA method in its dtype (bf16; NF4 for QLoRA: ``methods.setup.load_kwargs``), loaded through
+    ``from_pretrained`` from a random-weight checkpoint saved (safetensors) to ``checkpoint_dir``, the path a real
+    checkpoint takes."""
     from ..models.architectures import build_model, load_model
     from ..paths import CACHE_DIR
-    from ..methods.recipes import qlora_quantization_config
 
     folder = Path(checkpoint_dir or CACHE_DIR / "measure" / f"{model_name}-random-seed{seed}")
     rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -228,10 +229,7 @@ def _load_lora_base(model_name: str, method: str, device, checkpoint_dir: str | 
         build_model(model_name, device=device, dtype=torch.bfloat16, seed=seed).save_pretrained(folder)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-    kwargs = {"device_map": {"": device}}
-    if method == "qlora":
-        kwargs["quantization_config"] = qlora_quantization_config()
-    return load_model(folder, dtype=torch.bfloat16, **kwargs)
+    return load_model(folder, device_map={"": device}, **load_kwargs(method, "bf16"))
 
 
 def versions() -> dict:
@@ -260,7 +258,7 @@ def _init_distributed(method: str) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if "WORLD_SIZE" in os.environ:
-        if method in DEEPSPEED_METHODS:
+        if get_method(method).engine.kind == "deepspeed":
             import deepspeed
 
             if not deepspeed.comm.is_initialized():  # wraps an existing torch process group if there is one

@@ -65,7 +65,7 @@ def paged_optimizer_run(name: str, width: int = 4096, layers: int = 8, steps: in
     and stepping it, as ``memory_allocated``, ``max_memory_allocated`` and the driver count it; then, with
     ``evict``, for a paged optimizer, the driver's count after moving every paged state to host memory, after the
     next step, and that step's seconds. (``evict`` kills the process on CUDA 13 with bitsandbytes 0.50.2: its
-    ``prefetch_tensor(..., to_cpu=True)`` fails with "invalid device ordinal"; ``data/gpu/paged_probe.py``.)"""
+    ``prefetch_tensor(..., to_cpu=True)`` fails with "invalid device ordinal"; ``experiments/gpu/paged_probe.py``.)"""
     device = torch.device(device)
     cuda = device.type == "cuda"
     torch.manual_seed(seed)

@@ -89,11 +89,13 @@ def _fingerprint(model) -> dict:
             "llm_layers": text.num_hidden_layers, "vocab_size": text.vocab_size}
 
 
-def save_lora(peft_model, out_dir: str | Path) -> Path:
+def save_lora(peft_model, out_dir: str | Path, state_dict: dict | None = None) -> Path:
     """``save_pretrained`` of the adapter (with the projector, via ``modules_to_save``) plus the base's fingerprint,
-    so that ``load_lora`` can refuse a wrong base with a clear message."""
+    so that ``load_lora`` can refuse a wrong base with a clear message. ``state_dict``: the model's full state
+    gathered from its shards (ZeRO-3, FSDP), from which peft takes the adapter's tensors."""
     out = Path(out_dir)
-    peft_model.save_pretrained(out, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    peft_model.save_pretrained(out, safe_serialization=True, **extra)
     (out / "llava_nb_base.json").write_text(json.dumps(_fingerprint(peft_model.get_base_model()), indent=1) + "\n")
     return out
 
@@ -118,3 +120,15 @@ def load_lora(base, adapter_dir: str | Path, merge: bool = False):
                                f"base) differ in {diff}; load the base model it was trained from")
     model = PeftModel.from_pretrained(base, str(folder))
     return model.merge_and_unload() if merge else model
+
+
+def qlora_quantization_config():
+    """NF4 with double quantization and bf16 compute. transformers 5 matches ``llm_int8_skip_modules`` by prefix or
+    suffix, not substring, so the modules are named by their full path ("multi_modal_projector" alone would not
+    match ``model.multi_modal_projector.linear_1``; see the QLoRA chapter)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16,
+                              llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"])

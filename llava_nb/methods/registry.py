@@ -1,166 +1,197 @@
-"""Training methods as plug-ins of ``train()``.
+"""The training methods, defined once: an *engine* (how processes share the work) with an *adapter* (what trains).
 
-A method says how the training processes share the work: which Accelerate settings (plugins, kwargs handlers) the
-``Accelerator`` gets, and what happens to the model before ``accelerator.prepare`` (e.g. LoRA adapters). ``ddp``
-is the baseline: every process holds a full replica and gradients are all-reduced. Registered here: ``ddp``,
-``zero1``/``zero2``/``zero3``/``zero3-offload`` (DeepSpeed), ``fsdp`` (FSDP2), ``lora`` and ``qlora`` (peft).
+Pure Python: this module imports no torch, so that the memory calculator and the command line can read a method.
+The torch side of each method lives beside it: ``setup.setup_model`` (freeze, cast, adapters, quantization,
+checkpointing) and ``wrap.accelerator_kwargs`` (the Accelerate plugin with its DeepSpeed config or FSDP2 policy).
+``train()``, the per-rank measurements, ``estimate_memory``, ``count_parameters`` and the chapters all take a method
+from ``get_method``.
+
+=============  =====================================================  ==========================================
+engine         what each process holds                                 states of the parameters that train
+=============  =====================================================  ==========================================
+ddp            a full replica; gradients all-reduced                   fp32 weights (they are the master), fp32
+                                                                       gradients, fp32 AdamW; bf16 by autocast
+zero1          a full bf16 replica; 1/N of the optimizer states        bf16 weights, fp32 master, fp32 AdamW
+zero2          ... and 1/N of the gradients                            as zero1
+zero3          ... and 1/N of the weights (gathered layer by layer)    as zero1
+zero3-offload  zero3, with master weights and AdamW in host memory      as zero1, master and AdamW on the CPU
+fsdp           1/N of every parameter (FSDP2, per block)               fp32 shards (the master), bf16 compute
+=============  =====================================================  ==========================================
+
+Adapters: ``none`` trains the projector and the LLM (LLaVA's stage 2) or the projector alone (stage 1); ``lora``
+trains low-rank adapters on every LLM Linear plus the projector, the rest frozen in the compute dtype (bf16 with
+``mixed_precision="bf16"``); ``qlora`` does the same on a 4-bit NF4 base. Names: ``zero3``; ``zero3+lora`` (or
+``get_method("zero3", adapter="lora")``); ``lora`` and ``qlora`` are shorthands for ``ddp+lora`` and ``ddp+qlora``
+(one GPU, or DDP replicas); ``stage1`` is LLaVA's projector-only stage on ``ddp``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, replace
 
 from ..errors import UnknownMethodError
 
+#: bytes per element of each dtype name the registry uses ("nf4": 4 bits; its block constants are counted apart)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "nf4": 0.5}
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    kind: str  # "ddp", "deepspeed" or "fsdp"
+    #: what is sharded over the N processes: 0 nothing, 1 optimizer states, 2 + gradients, 3 + weights
+    zero_stage: int
+    description: str
+    offload: bool = False  # master weights and optimizer states in host memory (DeepSpeed's offload)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str  # "none", "lora" or "qlora"
+    description: str
+    quantized: bool = False  # the frozen LLM Linears in 4-bit NF4
+
+
+@dataclass(frozen=True)
+class States:
+    """The dtype of each training state of the parameters that train (``master`` None: the optimizer steps the
+    weights themselves); ``frozen`` is the dtype the frozen parameters are kept in (None: nothing frozen)."""
+
+    weights: str
+    master: str | None
+    gradients: str
+    optimizer: str
+    frozen: str | None
+
+    def as_dict(self) -> dict:
+        return {"weights": self.weights, "master": self.master, "gradients": self.gradients,
+                "optimizer": self.optimizer, "frozen": self.frozen}
+
+
+ENGINES = {e.name: e for e in (
+    Engine("ddp", "ddp", 0, "DistributedDataParallel: a full replica per process, gradients all-reduced"),
+    Engine("zero1", "deepspeed", 1, "DeepSpeed ZeRO-1 (LLaVA's zero2.json at stage 1): optimizer states sharded"),
+    Engine("zero2", "deepspeed", 2, "DeepSpeed ZeRO-2 (LLaVA's zero2.json): optimizer states and gradients sharded"),
+    Engine("zero3", "deepspeed", 3, "DeepSpeed ZeRO-3 (LLaVA's zero3.json): weights, gradients and optimizer "
+           "states sharded"),
+    Engine("zero3-offload", "deepspeed", 3, "DeepSpeed ZeRO-3 with master weights and optimizer states offloaded "
+           "to the CPU (LLaVA's zero3_offload.json)", offload=True),
+    Engine("fsdp", "fsdp", 3, "PyTorch FSDP2 through Accelerate: every block's parameters, gradients and optimizer "
+           "states sharded"),
+)}
+ADAPTERS = {a.name: a for a in (
+    Adapter("none", "no adapter: the projector and the LLM train (stage 2), or the projector alone (stage 1)"),
+    Adapter("lora", "LoRA adapters on every LLM Linear (peft), the projector trained in full"),
+    Adapter("qlora", "QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes), the projector trained in full",
+            quantized=True),
+)}
+#: compositions train() runs; others are refused with the reason
+UNSUPPORTED = {
+    ("zero1", "qlora"): "DeepSpeed casts every parameter to bf16, which a 4-bit base cannot be",
+    ("zero2", "qlora"): "DeepSpeed casts every parameter to bf16, which a 4-bit base cannot be",
+    ("zero3", "qlora"): "DeepSpeed casts every parameter to bf16, which a 4-bit base cannot be",
+    ("zero3-offload", "qlora"): "DeepSpeed casts every parameter to bf16, which a 4-bit base cannot be",
+    ("fsdp", "qlora"): "FSDP2 cannot shard bitsandbytes' packed 4-bit weights in this stack",
+}
+SHORTHANDS = {"lora": ("ddp", "lora"), "qlora": ("ddp", "qlora"), "stage1": ("ddp", "none")}
+
+
 @dataclass(frozen=True)
 class Method:
-    name: str
-    description: str
-    #: (hyperparameters, run facts) -> extra keyword arguments for ``Accelerator(...)``; the facts are the LLM's
-    #: ``hidden_size``, the ``micro_batch`` per process and the ``world_size``
-    accelerator_kwargs: Callable[[dict, dict], dict] = field(default=lambda hp, facts: {})
-    #: (model, hyperparameters) -> the model to hand to ``accelerator.prepare``
-    prepare_model: Callable = field(default=lambda model, hp: model)
-    #: "ddp", "deepspeed" or "fsdp": DeepSpeed needs a real process group (not ``cpu=True``); DeepSpeed and FSDP
-    #: hold sharded weights, gathered before saving, and their trained model is evaluated from the saved copy
-    engine: str = "ddp"
-    #: LoRA-style: the model is a peft model; train() saves the adapter (``lora.save_lora``) and the merged weights
-    adapter: bool = False
-    #: () -> extra ``from_pretrained`` arguments for loading the model (QLoRA: the 4-bit quantization config)
-    load_kwargs: Callable[[], dict] = field(default=lambda: {})
+    """One training method: an engine, an adapter, and what trains (``stage`` 1: the projector; 2: LLaVA's stage 2
+    set, or the adapters plus the projector)."""
+
+    engine: Engine
+    adapter: Adapter
+    stage: int = 2
+
+    @property
+    def name(self) -> str:
+        if self.stage == 1:
+            return "stage1" if self.engine.name == "ddp" else f"{self.engine.name} (stage 1)"
+        if self.adapter.name == "none":
+            return self.engine.name
+        if self.engine.name == "ddp":
+            return self.adapter.name
+        return f"{self.engine.name}+{self.adapter.name}"
+
+    @property
+    def key(self) -> str:
+        """A name ``get_method`` reads back to this method, given the stage (stage 1: the engine's name)."""
+        return self.engine.name if self.stage == 1 else self.name
+
+    @property
+    def description(self) -> str:
+        if self.adapter.name == "none":
+            return self.engine.description
+        return f"{self.adapter.description}; {self.engine.description}"
+
+    @property
+    def trains(self) -> str:
+        """``"projector"`` (stage 1), ``"llm"`` (projector + LLM + lm_head) or ``"adapters"`` (+ the projector)."""
+        return "projector" if self.stage == 1 else "llm" if self.adapter.name == "none" else "adapters"
+
+    def for_stage(self, stage: int) -> Method:
+        """This method for LLaVA's ``stage`` (1: the projector alone; adapters have nothing to train there)."""
+        if stage not in (1, 2):
+            raise UnknownMethodError(f"stage must be 1 or 2, got {stage!r}")
+        if stage == 1 and self.adapter.name != "none":
+            raise UnknownMethodError(
+                f"method {self.name!r} adds adapters to the LLM, which stage 1 does not train (it trains the "
+                f"projector alone): use it for stage 2, or method={self.engine.name!r} for stage 1")
+        return replace(self, stage=stage)
+
+    def states(self, mixed_precision: str = "bf16") -> States:
+        """The dtypes train() keeps each state in (``mixed_precision``: "bf16" or "no")."""
+        compute = "bfloat16" if mixed_precision == "bf16" else "float32"
+        if self.engine.kind == "deepspeed":  # DeepSpeed casts the module to bf16, masters and AdamW in fp32
+            weights, master = ("bfloat16", "float32") if mixed_precision == "bf16" else ("float32", None)
+            frozen = weights
+        elif self.engine.kind == "fsdp":  # fp32 shards, all-gathered in bf16 for compute
+            weights, master, frozen = "float32", None, "float32"
+        else:  # torch DDP: trainable fp32, autocast computes in bf16; a frozen base in the compute dtype
+            weights, master = "float32", None
+            frozen = compute if self.adapter.name != "none" else "float32"
+        if self.adapter.quantized:
+            frozen = "nf4"
+        return States(weights, master, "float32", "float32", frozen)
 
 
-METHODS: dict[str, Method] = {}
+def get_method(name, adapter: str | None = None) -> Method:
+    """The ``Method`` called ``name`` ("zero3", "zero3+lora", "lora", "stage1", ...) or a ``Method`` as it is;
+    ``adapter`` ("none", "lora", "qlora") composes one with an engine's name."""
+    if isinstance(name, Method):
+        return name if adapter in (None, name.adapter.name) else get_method(name.engine.name, adapter)
+    if not isinstance(name, str):
+        raise UnknownMethodError(f"method must be a name such as 'zero3' or 'zero3+lora', got {name!r}")
+    key = name.strip().lower()
+    stage = 2
+    if key in SHORTHANDS:
+        engine, implied = SHORTHANDS[key]
+        stage = 1 if key == "stage1" else 2
+        if adapter not in (None, "none", implied) or (implied != "none" and adapter == "none"):
+            raise UnknownMethodError(f"method {name!r} already names its adapter ({implied}); "
+                                     f"use method='ddp', adapter={adapter!r}")
+        adapter = implied
+    elif "+" in key:
+        engine, _, named = key.partition("+")
+        if adapter not in (None, named):
+            raise UnknownMethodError(f"method {name!r} names adapter {named!r}, but adapter={adapter!r} was given")
+        adapter = named
+    else:
+        engine = key
+    adapter = adapter or "none"
+    if engine not in ENGINES:
+        raise UnknownMethodError(f"unknown training method {name!r}; engines: {', '.join(ENGINES)}; shorthands: "
+                                 f"{', '.join(SHORTHANDS)}; compose as ENGINE+ADAPTER, e.g. zero3+lora")
+    if adapter not in ADAPTERS:
+        raise UnknownMethodError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
+    if (engine, adapter) in UNSUPPORTED:
+        raise UnknownMethodError(f"{engine}+{adapter} is not supported: {UNSUPPORTED[engine, adapter]}; "
+                                 f"use {'ddp' if adapter == 'qlora' else engine}+{adapter}")
+    return Method(ENGINES[engine], ADAPTERS[adapter], stage)
 
 
-def register(method: Method) -> Method:
-    METHODS[method.name] = method
-    return method
-
-
-def get_method(name: str) -> Method:
-    if name in METHODS:
-        return METHODS[name]
-    raise UnknownMethodError(f"unknown training method {name!r}; available: {', '.join(METHODS)}")
-
-
-def _ddp_kwargs(hp: dict, facts: dict) -> dict:
-    from accelerate import DistributedDataParallelKwargs
-
-    # find_unused_parameters=True is the escape hatch for parameters that get no gradient (see the Accelerate
-    # chapter: an unfrozen ViT's last layer, because LLaVA reads layer -2). It costs an extra graph traversal.
-    return {"kwargs_handlers": [DistributedDataParallelKwargs(find_unused_parameters=hp["find_unused_parameters"])]}
-
-
-register(Method("ddp", "DistributedDataParallel: a full replica per process, gradients all-reduced",
-                accelerator_kwargs=_ddp_kwargs))
-
-
-def _deepspeed_kwargs(name: str):
-    """Accelerate's ``DeepSpeedPlugin`` with LLaVA's ZeRO settings (``recipes.deepspeed_config``).
-
-    Without GPUs Accelerate must not be given ``cpu=True`` (it would silently drop the plugin and run DDP); the
-    process group is gloo instead, and DeepSpeed's CPU accelerator drives it. bf16 follows ``mixed_precision``.
-    """
-
-    def kwargs(hp: dict, facts: dict) -> dict:
-        import torch
-        from accelerate import DeepSpeedPlugin
-        from accelerate.utils import InitProcessGroupKwargs
-
-        from .recipes import deepspeed_config
-
-        config = deepspeed_config(name, facts["hidden_size"], facts["micro_batch"], facts["world_size"],
-                                  hp["gradient_accumulation_steps"], bf16=hp["mixed_precision"] == "bf16")
-        out = {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=config)}
-        if not torch.cuda.is_available():
-            out["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
-        return out
-
-    return kwargs
-
-
-for _name, _stage in (("zero1", 1), ("zero2", 2), ("zero3", 3)):
-    register(Method(_name, f"DeepSpeed ZeRO stage {_stage} (LLaVA's settings), torch AdamW",
-                    accelerator_kwargs=_deepspeed_kwargs(_name), engine="deepspeed"))
-register(Method("zero3-offload", "DeepSpeed ZeRO-3 with parameters and optimizer states offloaded to CPU "
-                "(LLaVA's zero3_offload.json), torch AdamW", accelerator_kwargs=_deepspeed_kwargs("zero3-offload"),
-                engine="deepspeed"))
-
-
-def _fsdp_kwargs(hp: dict, facts: dict) -> dict:
-    """Accelerate's ``FullyShardedDataParallelPlugin``, FSDP2: ``fully_shard`` on every ViT encoder layer and LLM
-    decoder layer, then the root; parameters resharded after forward (ZeRO-3-like); sharded (DCP) checkpoints.
-    With bf16, parameters are all-gathered and computed in bf16 and gradients reduce-scattered in fp32."""
-    from accelerate import FullyShardedDataParallelPlugin
-
-    from .recipes import fsdp_mixed_precision
-
-    policy = fsdp_mixed_precision() if hp["mixed_precision"] == "bf16" else None
-    return {"fsdp_plugin": FullyShardedDataParallelPlugin(
-        fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=facts["block_classes"],
-        reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT", mixed_precision_policy=policy)}
-
-
-def force_fsdp_on_cpu(accelerator, plugin) -> None:
-    """Make a CPU ``Accelerator`` use its FSDP plugin.
-
-    Workaround for Accelerate 1.15: on CPU (``cpu=True``, distributed type MULTI_CPU, gloo) ``AcceleratorState``
-    drops the ``fsdp_plugin`` without a word, and ``prepare`` then wraps the model in DDP. FSDP2's ``fully_shard``
-    itself runs on CPU over gloo, so the distributed type is set to FSDP by hand, in ``PartialState`` too (each
-    ``AcceleratorState()`` copies it from there), and the plugin is attached as Accelerate would on a GPU.
-    """
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return
-    if accelerator.mixed_precision != "no":
-        plugin.set_mixed_precision(accelerator.mixed_precision)
-    PartialState().distributed_type = DistributedType.FSDP
-    accelerator.state.distributed_type = DistributedType.FSDP
-    accelerator.state.fsdp_plugin = plugin
-
-
-register(Method("fsdp", "PyTorch FSDP2 through Accelerate's FSDP plugin: parameters, gradients and optimizer states "
-                "sharded per block", accelerator_kwargs=_fsdp_kwargs, engine="fsdp"))
-
-
-def _lora_model(model, hp: dict):
-    """peft's LoRA on every LLM Linear (LLaVA's targets), the projector in ``modules_to_save`` so that it trains in
-    full and is saved with the adapter; everything else frozen by peft."""
-    from peft import get_peft_model
-
-    from .lora import llava_lora_config
-
-    return get_peft_model(model, llava_lora_config(hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"]))
-
-
-register(Method("lora", "LoRA adapters on every LLM Linear (peft), the projector trained in full, DDP over processes",
-                accelerator_kwargs=_ddp_kwargs, prepare_model=_lora_model, adapter=True))
-
-
-def _qlora_load() -> dict:
-    import torch
-
-    from .recipes import qlora_quantization_config
-
-    return {"dtype": torch.bfloat16, "quantization_config": qlora_quantization_config()}
-
-
-def _qlora_model(model, hp: dict):
-    """QLoRA: the base loaded in NF4 (``load_kwargs``), peft's ``prepare_model_for_kbit_training`` (casts the
-    remaining 16-bit parameters to fp32; checkpointing as ``gradient_checkpointing`` says), then LoRA as ``lora``."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from .lora import llava_lora_config
-
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp["gradient_checkpointing"],
-                                            gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(model, llava_lora_config(hp["lora_r"], hp["lora_alpha"], hp["lora_dropout"]))
-
-
-register(Method("qlora", "QLoRA: the base in 4-bit NF4 (bitsandbytes), LoRA adapters in bf16/fp32, the projector in "
-                "full, DDP over processes", accelerator_kwargs=_ddp_kwargs, prepare_model=_qlora_model, adapter=True,
-                load_kwargs=_qlora_load))
+#: every method a reader can name, one per supported composition (stage 2), and stage 1
+METHODS = ("ddp", "zero1", "zero2", "zero3", "zero3-offload", "fsdp", "lora", "qlora",
+           *(f"{e}+lora" for e in ENGINES if e != "ddp"), "stage1")

@@ -31,5 +31,6 @@ def freeze_for_stage(model: nn.Module, stage: str) -> nn.Module:
 
 
 def trainable_parameters(model: nn.Module) -> int:
-    """Number of parameters with ``requires_grad`` (each shared tensor counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters with ``requires_grad`` (each shared tensor counted once; a ZeRO-3-partitioned
+    parameter by its whole size, ``ds_numel``)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)

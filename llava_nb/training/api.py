@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 
 from ..errors import LlavaNbError
 from ..paths import CACHE_DIR
-from .config import COMMON, FULL_HYPERPARAMS, TINY_HYPERPARAMS, TINY_LORA, TrainSpec
+from .config import TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
 from .loading import tiny_name
 
@@ -58,41 +57,42 @@ def default_output_dir(model: str, stage: int, method: str, seed: int) -> Path:
 
 
 def train(model, stage, method: str = "ddp", data=None, image_folder=None, output_dir=None, seed: int = 0,
-          **hyperparams) -> dict:
+          adapter: str | None = None, config: TrainConfig | None = None, **settings) -> dict:
     """Train a LLaVA model for one of LLaVA's stages and return the run's results.
 
     ``model``: a tiny name (starts from the pretrained tiny ViT and LLM), a checkpoint folder (e.g. a stage-1
-    output) or a Hugging Face id. ``stage``: 1 (projector only) or 2 (projector + LLM). ``data``/``image_folder``:
-    a LLaVA-format JSON and its images; default, for tiny models, the synthetic set. Asked for stage 2 of a tiny
-    name, ``train`` first runs (or reuses) stage 1. Hyperparameters default to the tiny recipe for tiny models
-    and to LLaVA-1.5's recipe otherwise; any of them can be overridden (see ``TINY_HYPERPARAMS`` and ``COMMON``).
+    output) or a Hugging Face id. ``stage``: 1 (projector only) or 2 (projector + LLM). ``method``: a name from
+    ``llava_nb.methods`` ("ddp", "zero3", "fsdp", "lora", "zero3+lora", ...); ``adapter`` composes one with an
+    engine. ``data``/``image_folder``: a LLaVA-format JSON and its images; default, for tiny models, the synthetic
+    set. Asked for stage 2 of a tiny name, ``train`` first runs (or reuses) stage 1. Settings default to the tiny
+    recipe for tiny models and to LLaVA-1.5's recipe otherwise (``TrainConfig.recipe``); ``config`` replaces the
+    recipe, and any ``TrainConfig`` field can be given as a keyword.
 
     Returns ``result.json``'s content: ``train_loss``, ``losses``, ``eval_accuracy`` (when there is held-out data),
-    ``seconds``, ``final_dir`` and more.
+    ``seconds``, ``final_dir``, ``states`` (the dtypes the method kept) and more.
     """
+    import dataclasses
+
     from ..methods.registry import get_method
 
     if stage not in (1, 2, "1", "2"):
         raise LlavaNbError(f"stage must be 1 or 2, got {stage!r}")
     stage = int(stage)
-    adapter = get_method(method).adapter  # fails before any work on an unknown method
-    if adapter and stage == 1:
-        raise LlavaNbError(f"method {method!r} adds adapters to the LLM, which stage 1 does not train (it trains the "
-                           "projector alone): use it for stage 2, or method='ddp' for stage 1")
+    chosen = get_method(method, adapter).for_stage(stage)  # fails before any work on an unknown method
     model = str(model)
     tiny = tiny_name(model)
-    eval_data = hyperparams.pop("eval_data", None)
-    unknown = set(hyperparams) - set(COMMON) - set(TINY_HYPERPARAMS[1])
-    if unknown:
-        raise LlavaNbError(f"unknown hyperparameter(s) {sorted(unknown)}; known: "
-                           f"{sorted(set(COMMON) | set(TINY_HYPERPARAMS[1]))}")
-    lora = TINY_LORA if tiny and stage == 2 and adapter else {}
-    hp = {**COMMON, **(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **lora, **hyperparams}
+    eval_data = settings.pop("eval_data", None)
+    if config is None:
+        cfg = TrainConfig.recipe(bool(tiny), stage, chosen.adapter.name != "none", **settings)
+    else:
+        cfg = dataclasses.replace(config, **settings)
+    processes = cfg.num_processes or default_num_processes()
+    cfg.batch_split(processes)  # a batch that cannot be split fails here, before any process starts
     if data is None:
         if not tiny:
             raise LlavaNbError(f"{model} needs data=... and image_folder=... (LLaVA-format JSON and its images); "
                                "only tiny models have built-in synthetic data")
-        syn = synthetic_data(tiny, seed, hp["n_images"], hp["n_test"])
+        syn = synthetic_data(tiny, seed, cfg.n_images, cfg.n_test)
         data = syn["captions" if stage == 1 else "instruct"]
         image_folder, eval_data = syn["image_folder"], syn["test"] if stage == 2 else None
     start = time.perf_counter()
@@ -104,31 +104,31 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if stage == 2 and tiny and not Path(model).is_dir():
         # stage 1 trains the projector alone: adapters have nothing to do there (LLaVA's LoRA runs start from the
         # same stage-1 projector as full fine-tuning)
-        prior_method = "ddp" if adapter else method
-        prior = train(model, 1, method=prior_method, seed=seed, **{k: v for k, v in hyperparams.items()
+        prior_method = "ddp" if chosen.adapter.name != "none" else chosen.engine.name
+        prior = train(model, 1, method=prior_method, seed=seed, **{k: v for k, v in settings.items()
                                                                    if k in ("num_processes", "n_images", "n_test", "force")})
         model = prior["final_dir"]
-    out = Path(output_dir) if output_dir else default_output_dir(model, stage, method, seed)
-    spec = TrainSpec(model, stage, method, str(data), str(image_folder) if image_folder else None,
-                     str(eval_data) if eval_data else None, str(out), seed, hp)
-    fingerprint = {k: v for k, v in asdict(spec).items() if k != "hp"}
-    fingerprint["hp"] = {k: v for k, v in hp.items() if k not in ("force", "num_processes", "log_every")}
+    out = Path(output_dir) if output_dir else default_output_dir(model, stage, chosen.key, seed)
+    spec = TrainSpec(model, stage, chosen.key, str(data), str(image_folder) if image_folder else None,
+                     str(eval_data) if eval_data else None, str(out), seed, cfg)
+    spec.fingerprint = {**{k: v for k, v in spec.to_json().items() if k not in ("config", "fingerprint")},
+                        "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                   if k not in ("force", "num_processes", "log_every")}}
     cached = out / "result.json"
-    if not hp["force"] and hp["resume_from"] is None and cached.exists():
+    if not cfg.force and cfg.resume_from is None and cached.exists():
         previous = json.loads(cached.read_text())
-        if previous.get("spec") == json.loads(json.dumps(fingerprint)) and previous.get("finished"):
+        if previous.get("spec") == json.loads(json.dumps(spec.fingerprint)) and previous.get("finished"):
             previous["cached"] = True  # the same run finished before: reuse it (force=True retrains)
             return previous
-    for stale in [cached, *out.glob("error-rank*.txt")] if hp["resume_from"] is None else out.glob("error-rank*.txt"):
+    for stale in [cached, *out.glob("error-rank*.txt")] if cfg.resume_from is None else out.glob("error-rank*.txt"):
         if stale.exists():
             stale.unlink()
-    if hp["resume_from"] is None and (out / "checkpoints").is_dir():
+    if cfg.resume_from is None and (out / "checkpoints").is_dir():
         # a fresh run: an earlier run's checkpoints in this folder would be overwritten one by one (DCP warns) or,
         # worse, outlive this run and be mistaken for its own
         shutil.rmtree(out / "checkpoints")
-    hp["_fingerprint"] = fingerprint
     try:
-        launch(spec, hp["num_processes"] or default_num_processes())
+        launch(spec, processes)
     except Exception as err:
         causes = sorted(out.glob("error-rank*.txt"))
         if not causes:

@@ -1,15 +1,28 @@
-"""What a training run is given: the recipes (hyperparameters by model size and stage) and the picklable
-``TrainSpec`` a worker process receives."""
+"""What a training run is given: a typed ``TrainConfig``, the recipes it starts from (by model size, stage and
+adapter), and the picklable ``TrainSpec`` a worker process receives.
+
+Batch arithmetic: ``batch_size`` samples make one optimizer step, over ``P`` processes, each running
+``micro_batch`` samples per forward, ``gradient_accumulation_steps`` times::
+
+    batch_size = P x micro_batch x gradient_accumulation_steps
+
+Give any two of ``micro_batch`` and ``gradient_accumulation_steps`` (with ``batch_size``) and the third follows;
+with neither, there is no accumulation.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+
+from ..errors import LlavaNbError
 
 #: The tiny models' recipe: LLaVA's shape (stage 1 projector only, stage 2 everything but the ViT), with learning
 #: rates and sizes for ~1M-parameter models on a CPU. Stage 1's lr is 5x lower than LLaVA's 1e-3: at this size a
 #: projector trained at 1e-3 to 2e-3 on captions drifts to large, nearly image-independent outputs, and stage 2
 #: then learns markedly worse than from a lower-lr stage 1 (measured while building the book; see the notes).
-#: Stage 2 comes from data/gpu/sweep_recipe.py (chapter 04): with the committed pretrained parts, lr 5e-4 with
+#: Stage 2 comes from experiments/gpu/sweep_recipe.py (chapter 04): with the committed pretrained parts, lr 5e-4 with
 #: weight decay 0.5 on the matrices, batches *not* grouped by length (which stalls "Is there a <colour> shape?"),
 #: bf16 autocast (a cheaper step on CPUs with bf16 instructions) and eager attention: under bf16 autocast on a CPU,
 #: PyTorch's SDPA runs its flash-attention kernel, whose backward pass at these tiny shapes costs more than the
@@ -35,12 +48,105 @@ FULL_HYPERPARAMS = {
     1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03),
     2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03, group_by_length=True),
 }
-COMMON = dict(weight_decay=0.0, gradient_accumulation_steps=1, mixed_precision="no", save_every=0, log_every=5,
-              max_steps=None, stop_after=None, resume_from=None, template=None, num_processes=None,
-              find_unused_parameters=False, unfreeze_vision=False, eval_max=300, n_images=3000, n_test=300,
-              gradient_checkpointing=False, group_by_length=False, force=False,
-              lora_r=128, lora_alpha=256, lora_dropout=0.05,  # LoRA: LLaVA's finetune_lora.sh
-              max_grad_norm=None, attn_implementation=None)  # None: the model's own attention
+class ConfigError(LlavaNbError):
+    """A training setting of the wrong type or out of range."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run, typed. ``TrainConfig.recipe`` fills in the recipe for a model and stage."""
+
+    lr: float = 2e-5
+    epochs: int = 1
+    batch_size: int = 128  # samples per optimizer step, over every process
+    micro_batch: int | None = None  # samples per process per forward (None: from the other two)
+    gradient_accumulation_steps: int | None = None  # forwards per optimizer step (None: from the other two, or 1)
+    max_length: int = 2048
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    mixed_precision: str = "no"  # "no" or "bf16" (autocast; DeepSpeed's bf16; FSDP2's bf16 compute)
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None  # None: the model's own ("sdpa"); "eager"
+    group_by_length: bool = False
+    max_grad_norm: float | None = None
+    lora_r: int = 128  # LoRA: LLaVA's finetune_lora.sh
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    unfreeze_vision: bool = False
+    find_unused_parameters: bool = False
+    template: str | None = None  # None: the model's (plain for stage 1)
+    save_every: int = 0
+    log_every: int = 5
+    max_steps: int | None = None
+    stop_after: int | None = None
+    resume_from: str | None = None
+    num_processes: int | None = None  # None: every GPU, or 2 CPU processes
+    eval_max: int = 300
+    n_images: int = 3000  # the synthetic set (tiny models)
+    n_test: int = 300
+    force: bool = False
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        for name in ("lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps", "max_length",
+                     "lora_r", "lora_alpha", "max_steps", "stop_after", "num_processes", "eval_max", "n_images"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value!r}")
+        for name in ("warmup_ratio", "lora_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+
+    @classmethod
+    def recipe(cls, tiny: bool, stage: int, adapter: bool = False, **overrides) -> TrainConfig:
+        """The recipe for a tiny model or a real checkpoint at ``stage`` (LoRA's own on tiny models), then
+        ``overrides``; an unknown name is an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        lora = TINY_LORA if tiny and stage == 2 and adapter else {}
+        return cls(**{**(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **lora, **overrides})
+
+    def batch_split(self, processes: int) -> tuple[int, int]:
+        """``(micro_batch, gradient_accumulation_steps)`` for ``processes`` processes (see the module docstring)."""
+        per_step = self.batch_size
+        micro, accum = self.micro_batch, self.gradient_accumulation_steps
+        if micro is None:
+            accum = accum or 1
+            micro, rest = divmod(per_step, processes * accum)
+        elif accum is None:
+            accum, rest = divmod(per_step, processes * micro)
+        else:
+            rest = per_step - processes * micro * accum
+        if micro < 1 or accum < 1 or rest:
+            raise ConfigError(
+                f"batch_size={per_step} must equal processes x micro_batch x gradient_accumulation_steps = "
+                f"{processes} x {self.micro_batch or '?'} x {self.gradient_accumulation_steps or '?'}; change "
+                "batch_size, micro_batch or gradient_accumulation_steps")
+        return micro, accum
+
+
+def _coerce(name: str, value, hint):
+    """``value`` as the field's type (an int where a float is expected is fine), else a ``ConfigError``."""
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise ConfigError(f"{name} cannot be None")
+    kinds = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
+    for kind in kinds:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (bool, str) and isinstance(value, kind):
+            return value
+    names = " or ".join(k.__name__ for k in kinds)
+    raise ConfigError(f"{name} must be {names}, got {value!r}")
 
 
 @dataclass
@@ -55,4 +161,13 @@ class TrainSpec:
     eval_data: str | None
     output_dir: str
     seed: int
-    hp: dict = field(default_factory=dict)
+    config: TrainConfig = field(default_factory=lambda: TrainConfig())
+    #: what identifies the run (recorded in result.json; a finished run with the same fingerprint is reused)
+    fingerprint: dict | None = None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "config": asdict(self.config)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainSpec:
+        return cls(**{**data, "config": TrainConfig(**data["config"])})

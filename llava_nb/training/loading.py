@@ -35,17 +35,18 @@ def default_template(config, stage: int) -> str:
 
 def load_for_training(model: str, stage: int, **load_kwargs):
     """(model, tokenizer, image_processor) for a tiny name (pretrained parts, random projector), a checkpoint
-    folder, or a Hub id; ``load_kwargs`` go to ``from_pretrained`` (QLoRA's quantization config)."""
+    folder, or a Hub id; ``load_kwargs`` go to ``from_pretrained`` (the method's dtype, QLoRA's quantization
+    config: ``methods.setup.load_kwargs``)."""
     from ..models.architectures import build_model, load_model
     from .pretrain import load_pretrained_parts
     from ..models.processors import build_image_processor, load_processor
     from ..models.tokenizer import load_tokenizer
 
     if tiny_name(model) and not Path(model).is_dir():
-        if load_kwargs:
+        if "quantization_config" in load_kwargs:
             raise LlavaNbError(f"{model} is built, not loaded: a quantized (QLoRA) run needs a checkpoint folder, "
                                "e.g. a stage-1 run's final_dir (train(..., stage=2) of a tiny name does that)")
-        with _whole_model_construction():
+        with _whole_model_construction():  # built in fp32; the method's set-up casts it
             net = build_model(model)
             load_pretrained_parts(net)
         return net, load_tokenizer(), build_image_processor(net.config)

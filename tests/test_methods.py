@@ -1,0 +1,65 @@
+"""One registry of training methods: names compose, and what the calculator counts is what train() builds.
+
+For every method, a real ``train()`` on the tiny LLaVA (2 CPU processes, from a stage-1 checkpoint folder, so that
+ZeRO-3 loads under ``zero.Init`` as a real checkpoint does) reports the parameters it trains and the dtype of each
+training state read from the live engine (``methods.probe``); ``estimate_memory`` must count the same.
+"""
+
+import pytest
+
+from llava_nb import UnknownMethodError, estimate_memory
+from llava_nb.methods.registry import ENGINES, METHODS, get_method
+
+MODEL = "tiny-llava-1.5"
+
+
+def test_names_compose_and_read_back():
+    assert get_method("zero3+lora") == get_method("zero3", adapter="lora")
+    assert get_method("lora") == get_method("ddp", adapter="lora") == get_method("ddp+lora")
+    assert get_method("lora").name == "lora" and get_method("fsdp", adapter="lora").name == "fsdp+lora"
+    for name in METHODS:
+        method = get_method(name)
+        assert get_method(method.key).for_stage(method.stage) == method
+    assert get_method("stage1").trains == "projector" and get_method("zero3").trains == "llm"
+    assert get_method("qlora").trains == "adapters" and get_method("qlora").adapter.quantized
+    assert {get_method(m).engine.name for m in METHODS} == set(ENGINES)
+
+
+@pytest.mark.parametrize("bad, fix", [("zero4", "engines: ddp"), ("zero3+dora", "adapter"),
+                                      ("zero3+qlora", "use ddp+qlora"), ("lora", "already names")])
+def test_bad_names_say_what_to_do(bad, fix):
+    with pytest.raises(UnknownMethodError, match=fix):
+        get_method(bad, adapter="qlora" if bad == "lora" else None)
+
+
+def test_adapters_have_nothing_to_train_in_stage_1():
+    with pytest.raises(UnknownMethodError, match="stage 1 does not train"):
+        get_method("zero3+lora").for_stage(1)
+
+
+@pytest.fixture(scope="module")
+def stage1_folder(tmp_path_factory):
+    """A stage-1 checkpoint of the tiny LLaVA, on a small synthetic set."""
+    from llava_nb.training.api import synthetic_data, train
+
+    data = synthetic_data(MODEL, n_images=96, n_test=8)
+    run = train(MODEL, 1, data=data["captions"], image_folder=data["image_folder"], max_steps=1, batch_size=8,
+                log_every=0, output_dir=tmp_path_factory.mktemp("methods") / "stage1")
+    return run["final_dir"], data
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_calculator_counts_what_train_builds(name, stage1_folder, tmp_path):
+    """Trainable parameters and the dtypes of weights, master weights, gradients, optimizer states and frozen
+    weights: from a live train() on 2 processes, and from estimate_memory, for the same method and model."""
+    from llava_nb.training.api import train
+
+    folder, data = stage1_folder
+    method = get_method(name)
+    stage = method.stage
+    run = train(MODEL if stage == 1 else folder, stage, method=method.key, data=data["instruct"],
+                image_folder=data["image_folder"], stop_after=1, batch_size=8, log_every=0, lora_r=16,
+                mixed_precision="bf16", output_dir=tmp_path / "run")
+    estimate = estimate_memory(MODEL, name, lora_r=16, seq_len=512)
+    assert run["trainable_parameters"] == estimate.trainable
+    assert run["states"] == estimate.states == method.states("bf16").as_dict()
