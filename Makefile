@@ -76,12 +76,13 @@ browser: venv
 
 # Time the tiny pipeline from nothing (data/benchmarks/tiny_pipeline.json), its stages with other seeds
 # (tiny_seeds.json), one CPU training step by attention kernel and precision (cpu_step_time.json), the memory
-# calculator and each chapter's execution (chapters.json).
+# calculator, the start-up of the pure commands (cli.json) and each chapter's execution (chapters.json).
 bench: venv
 	$(PY) -m llava_nb.lab.bench pipeline
 	$(PY) -m llava_nb.lab.bench seeds
 	$(PY) -m llava_nb.lab.bench step-time
 	$(PY) -m llava_nb.lab.bench memory
+	$(PY) -m llava_nb.lab.bench cli
 	$(PY) -m llava_nb.lab.bench $(CHAPTERS)
 
 # Regenerate committed artefacts: the data sample, the tiny tokenizer, then the pretrained tiny ViT and LLM

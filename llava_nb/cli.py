@@ -1,4 +1,4 @@
-"""Command line: ``python -m llava_nb params|tokens|train|generate|regenerate ...``.
+"""Command line: ``python -m llava_nb params|tokens|memory|train|generate|regenerate ...``.
 
     python -m llava_nb params --model llava-1.5-7b --method lora
     python -m llava_nb tokens --model llava-v1.6-mistral-7b --size 480x640 --json
@@ -7,6 +7,9 @@
     python -m llava_nb generate --model .cache/runs/.../final --image photo.png --prompt "What is this?"
     python -m llava_nb memory --model llava-1.5-7b --method zero3 --gpus 4 --micro-batch 8 --seq-len 2048
     python -m llava_nb --profile full ...      # overrides $LLAVA_NB_PROFILE
+
+``params``, ``tokens`` and ``memory`` are arithmetic on the models' numbers (``models.specs``) and import neither
+torch nor transformers; the parser imports only those pure modules.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def _params(args) -> tuple[dict, str]:
-    from .models.architectures import resolve_name
     from .models.params import count_parameters
+    from .models.specs import resolve_name
 
     name = resolve_name(args.model)
     c = count_parameters(name, method=args.method)
@@ -40,12 +43,12 @@ def _params(args) -> tuple[dict, str]:
 
 
 def _tokens(args) -> tuple[dict, str]:
-    from .models.architectures import get_config, resolve_name
     from .models.image_tokens import anyres_layout, count_image_tokens, parse_size
+    from .models.specs import get_spec, resolve_name
 
     name = resolve_name(args.model)
     h, w = parse_size(args.size)
-    cfg = get_config(name)
+    cfg = get_spec(name)
     result = {"model": name, "height": h, "width": w, "tokens": count_image_tokens(cfg, h, w)}
     rows = [("image (h x w)", f"{h} x {w}")]
     if cfg.model_type == "llava_next":
@@ -68,9 +71,9 @@ def _tokens(args) -> tuple[dict, str]:
 def _memory(args) -> tuple[dict, str]:
     from dataclasses import asdict
 
-    from .models.architectures import resolve_name
+    from .memory.estimate import estimate_memory, max_micro_batch
     from .models.image_tokens import parse_size
-    from .memory.estimate import max_micro_batch, estimate_memory
+    from .models.specs import resolve_name
 
     name = resolve_name(args.model)
     kwargs = dict(gpus=args.gpus, seq_len=args.seq_len, grad_checkpointing=not args.no_grad_checkpointing,

@@ -9,7 +9,9 @@
 * ``python -m llava_nb.lab.bench step-time``: one stage-2 training step of the tiny LLaVA-1.5 on one CPU core (each
   of the 2 training processes' share), SDPA or eager attention, fp32 or bf16 autocast -> ``cpu_step_time.json``;
 * ``python -m llava_nb.lab.bench memory``: how long one ``estimate_memory`` call takes once the model's shapes are
-  cached (the widgets need well under 5 ms) -> ``memory_calculator.json``.
+  cached (the widgets need well under 5 ms) -> ``memory_calculator.json``;
+* ``python -m llava_nb.lab.bench cli``: the wall time of ``import llava_nb`` and of the pure-arithmetic commands
+  (``tokens``, ``params``, ``memory``), each in a fresh process, median of 5 -> ``cli.json``.
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ MEMORY_BUDGET_MS = 5.0
 
 def bench_memory(repeats: int = 200) -> dict:
     """Median time of one ``estimate_memory`` call per model and method, shapes cached (the first call per model
-    builds it on the meta device and is timed separately)."""
+    computes them from the config's numbers and is timed separately)."""
     import statistics
 
     from ..memory.estimate import METHODS, estimate_memory
@@ -195,7 +197,60 @@ def bench_memory(repeats: int = 200) -> dict:
     return record
 
 
+IMPORT_BUDGET_S = 1.0
+CLI_BUDGET_S = 1.5
+#: a typical invocation of each pure-arithmetic command (none imports torch or transformers)
+CLI_COMMANDS = {
+    "tokens": ["tokens", "--model", "llava-v1.6-mistral-7b", "--size", "480x640"],
+    "params": ["params", "--model", "llava-1.5-7b", "--method", "lora"],
+    "memory": ["memory", "--model", "llava-1.5-7b", "--method", "zero3", "--gpus", "4", "--micro-batch", "8"],
+}
+
+
+def _wall_time(argv: list[str]) -> float:
+    """Seconds from starting ``python argv`` in a fresh process to its exit (it must succeed)."""
+    import subprocess
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *argv], check=True, capture_output=True, cwd=REPO_ROOT)
+    return time.perf_counter() - start
+
+
+def _heavy_imports(argv: list[str]) -> list[str]:
+    """Which of torch and transformers ``python argv`` imports (read from ``-X importtime``)."""
+    import subprocess
+
+    err = subprocess.run([sys.executable, "-X", "importtime", *argv], check=True, capture_output=True, text=True,
+                         cwd=REPO_ROOT).stderr
+    return sorted({line.rsplit("|", 1)[-1].strip() for line in err.splitlines()} & {"torch", "transformers"})
+
+
+def bench_cli(repeats: int = 5) -> dict:
+    """Median wall time over ``repeats`` fresh processes of ``python -c "import llava_nb"`` and of
+    ``python -m llava_nb tokens|params|memory ...`` (``CLI_COMMANDS``), interpreter start-up included."""
+    import statistics
+
+    runs = {"import llava_nb": ["-c", "import llava_nb"]}
+    runs.update({" ".join(["python -m llava_nb", *argv]): ["-m", "llava_nb", *argv] for argv in CLI_COMMANDS.values()})
+    _wall_time(["-c", "pass"])  # warm the file cache: the first start of the interpreter reads it from disk
+    seconds = {k: [_wall_time(argv) for _ in range(repeats)] for k, argv in runs.items()}
+    median = {k: round(statistics.median(v), 3) for k, v in seconds.items()}
+    budget = {k: IMPORT_BUDGET_S if k == "import llava_nb" else CLI_BUDGET_S for k in runs}
+    record = {"repeats": repeats, "median_s": median,
+              "runs_s": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
+              "budget_s": budget, "within_budget": all(median[k] < budget[k] for k in runs),
+              "python_startup_s": round(statistics.median(_wall_time(["-c", "pass"]) for _ in range(repeats)), 3),
+              "heavy_imports": {k: _heavy_imports(argv) for k, argv in runs.items()},
+              "machine": machine(), "date": date.today().isoformat()}
+    (BENCHMARKS_DIR / "cli.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main(paths: list[str]) -> int:
+    if paths == ["cli"]:
+        record = bench_cli()
+        print(json.dumps({"median_s": record["median_s"], "within_budget": record["within_budget"]}))
+        return 0 if record["within_budget"] else 1
     if paths == ["memory"]:
         record = bench_memory()
         print(json.dumps({k: record[k] for k in ("max_median_ms", "within_budget", "first_call_s")}))

@@ -15,14 +15,15 @@ The CLS token is dropped (feature layer -2, strategy ``default``). v1.6 (anyres)
     tokens = p^2 (global view) + ch' * cw' (unpadded grid) + ch' (newlines)
 
 This module reimplements transformers' ``LlavaNextProcessor._get_number_of_features`` and the model's
-``unpad_image`` in integer arithmetic; the tests check both against transformers on many sizes.
+``unpad_image`` in integer arithmetic; the tests check both against transformers on many sizes. It reads a name, a
+``ModelSpec``, a transformers config or a module (their numbers, by duck typing) and imports no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .architectures import as_config
+from .layout import as_numbers
 from ..errors import ImageTokenMismatchError, InvalidSizeError
 
 
@@ -112,9 +113,9 @@ def resized_for_pinpoint(height: int, width: int, pinpoint) -> tuple[int, int]:
 
 
 def anyres_layout(model, height: int, width: int) -> AnyresLayout:
-    """The anyres decisions for an image of ``height x width`` on a v1.6 model (name, config or module)."""
+    """The anyres decisions for an image of ``height x width`` on a v1.6 model (name, spec, config or module)."""
     height, width = check_size(height, width)
-    cfg = as_config(model)
+    cfg = as_numbers(model)
     if cfg.model_type != "llava_next":
         raise ImageTokenMismatchError(
             f"anyres tiling is a LLaVA v1.6 (llava_next) feature; {getattr(cfg, 'llava_nb_name', cfg.model_type)} "
@@ -144,16 +145,34 @@ def anyres_layout(model, height: int, width: int) -> AnyresLayout:
 def count_image_tokens(model, height: int, width: int) -> int:
     """How many image tokens (and image features) one ``height x width`` image becomes.
 
-    ``model`` is a name, an alias, a config or a module. v1/v1.5 give ``(image_size / patch)^2`` whatever the
-    size (plus one if the CLS feature is kept, strategy ``full``); v1.6 follows anyres (see the module docstring).
+    ``model`` is a name, an alias, a ``ModelSpec``, a config or a module. v1/v1.5 give ``(image_size / patch)^2``
+    whatever the size (plus one if the CLS feature is kept, strategy ``full``); v1.6 follows anyres (see the module
+    docstring).
     """
     height, width = check_size(height, width)
-    cfg = as_config(model)
+    cfg = as_numbers(model)
     if cfg.model_type == "llava_next":
         return anyres_layout(cfg, height, width).tokens
     vision = cfg.vision_config
     n = (vision.image_size // vision.patch_size) ** 2
     return n + (1 if cfg.vision_feature_select_strategy == "full" else 0)
+
+
+def image_token_id(cfg) -> int:
+    """The ``<image>`` id: ``image_token_id`` of a transformers config, ``image_token_index`` of a ``ModelSpec``."""
+    value = getattr(cfg, "image_token_id", None)
+    return cfg.image_token_index if value is None else value
+
+
+def _count_id(input_ids, token_id: int) -> int:
+    """How often ``token_id`` occurs in ``input_ids``: a tensor or array (counted by torch), or nested lists."""
+    if hasattr(input_ids, "shape"):
+        import torch
+
+        return int((torch.as_tensor(input_ids) == token_id).sum())
+    if isinstance(input_ids, (list, tuple)):
+        return sum(_count_id(x, token_id) for x in input_ids)
+    return int(input_ids == token_id)
 
 
 def check_image_tokens(model, input_ids, image_sizes) -> None:
@@ -163,11 +182,8 @@ def check_image_tokens(model, input_ids, image_sizes) -> None:
     ``(height, width)``, one per image, in order. This is the check behind transformers' "Image features and
     image tokens do not match", made early and with the likely cause named.
     """
-    import torch
-
-    cfg = as_config(model)
-    ids = torch.as_tensor(input_ids)
-    found = int((ids == cfg.image_token_id).sum())
+    cfg = as_numbers(model)
+    found = _count_id(input_ids, image_token_id(cfg))
     expected = sum(count_image_tokens(cfg, h, w) for h, w in image_sizes)
     if found != expected:
         hint = (

@@ -1,15 +1,18 @@
-"""Parameter counts from the real module structure (no hand-typed formulas).
+"""Parameter counts: from a model's numbers (no torch), or by walking the modules of a built model.
 
-A model is built on the meta device (nothing allocated) and its modules are walked. LLaVA splits into
+LLaVA splits into
 
     vision_tower    CLIP ViT (frozen in both of LLaVA's stages)
     projector       multi_modal_projector (Linear for v1; Linear-GELU-Linear for v1.5 / v1.6)
     image_newline   v1.6's learned row separator, one vector of the LLM's width
     language_model  embeddings, decoder blocks and final norm
-    lm_head         the output projection to the vocabulary
+    lm_head         the output projection to the vocabulary (0 when tied to the embeddings, which count it)
 
-``no_grad`` counts the vision-tower parameters that can never receive a gradient because LLaVA reads features
-from layer -2: the last encoder layer and ``post_layernorm`` run, but their outputs are never used.
+A name, alias, ``ModelSpec`` or transformers config is counted from ``layout.parameter_owners`` (every parameter
+tensor derived from the config's numbers, checked against the meta-device modules by ``tests/test_shapes.py``); a
+module (``nn.Module``) is walked. ``no_grad`` counts the vision-tower parameters that can never receive a gradient
+because LLaVA reads features from layer -2: the last encoder layer and ``post_layernorm`` run, but their outputs
+are never used.
 
 A LoRA adapter on a Linear of shape ``(out, in)`` adds ``A: (r, in)`` and ``B: (out, r)``, i.e. ``r (in + out)``
 parameters.
@@ -17,9 +20,9 @@ parameters.
 
 from __future__ import annotations
 
-from torch import nn
+import sys
 
-from .architectures import as_config, build_model
+from .layout import parameter_owners, read_numbers, unused_vision_layers
 from ..errors import LlavaNbError, UnknownMethodError
 
 METHODS = ("stage1", "full", "lora", "qlora")
@@ -28,19 +31,19 @@ METHODS = ("stage1", "full", "lora", "qlora")
 LLAVA_LORA_R = 128
 LLAVA_LORA_ALPHA = 256
 
-
-def _as_module(model) -> nn.Module:
-    if isinstance(model, nn.Module):
-        return model
-    return build_model(as_config(model), device="meta")
+#: the breakdown's parts, in the order the tables print them
+BREAKDOWN = ("vision_tower", "projector", "language_model", "lm_head", "image_newline")
 
 
-def _numel(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+def _is_module(model) -> bool:
+    """Whether ``model`` is an ``nn.Module`` (only possible once torch is imported, so torch is never imported here)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
-def model_parts(model: nn.Module) -> dict[str, nn.Module | nn.Parameter | None]:
-    """The named parts of a LLaVA model (or, for a plain causal LM, its body and head)."""
+def model_parts(model) -> dict:
+    """The named parts of a LLaVA model (or, for a plain causal LM, its body and head): modules, the
+    ``image_newline`` parameter, or None."""
     inner = getattr(model, "model", model)
     if hasattr(inner, "multi_modal_projector"):
         return {
@@ -55,11 +58,10 @@ def model_parts(model: nn.Module) -> dict[str, nn.Module | nn.Parameter | None]:
             "image_newline": None}
 
 
-def unused_vision_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def unused_vision_modules(model) -> list:
     """Vision-tower modules whose outputs LLaVA never reads: encoder layers after ``vision_feature_layer``
     and ``post_layernorm``. Returned as ``(qualified name, module)``."""
-    parts = model_parts(model)
-    tower = parts["vision_tower"]
+    tower = model_parts(model)["vision_tower"]
     if tower is None:
         return []
     cfg = model.config
@@ -75,31 +77,63 @@ def unused_vision_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return unused
 
 
-def _linear_targets(language_model: nn.Module, targets) -> list[tuple[str, nn.Linear]]:
-    linears = [(n, m) for n, m in language_model.named_modules() if isinstance(m, nn.Linear)]
+def _chosen_targets(leaves: list[str], targets) -> set[str] | None:
+    """The Linear names LoRA adapts (None: all of ``leaves``); ``LlavaNbError`` if a target matches none."""
     if targets is None:
-        return linears
+        return None
     targets = [targets] if isinstance(targets, str) else list(targets)
-    chosen = [(n, m) for n, m in linears if n.split(".")[-1] in targets]
-    missing = [t for t in targets if not any(n.split(".")[-1] == t for n, _ in linears)]
+    missing = [t for t in targets if t not in leaves]
     if missing:
-        available = sorted({n.split(".")[-1] for n, _ in linears})
-        raise LlavaNbError(
-            f"LoRA target(s) {missing} match no Linear of the language model; choose from {available}"
-        )
-    return chosen
+        raise LlavaNbError(f"LoRA target(s) {missing} match no Linear of the language model; choose from "
+                           f"{sorted(set(leaves))}")
+    return set(targets)
+
+
+def _walk(module, lora_targets):
+    """(breakdown, total, [(leaf name, in, out)] of the adapted Linears) of a built model."""
+    from torch import nn
+
+    parts = model_parts(module)
+    seen = set()
+    breakdown = {}
+    for key in BREAKDOWN:
+        part = parts[key]
+        params = [] if part is None else [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+        breakdown[key] = sum(p.numel() for p in params if id(p) not in seen)  # a tied lm_head counts 0
+        seen.update(id(p) for p in params)
+    breakdown["no_grad"] = sum(p.numel() for _, m in unused_vision_modules(module) for p in m.parameters())
+    linears = [(n.split(".")[-1], m) for n, m in parts["language_model"].named_modules() if isinstance(m, nn.Linear)]
+    chosen = _chosen_targets([leaf for leaf, _ in linears], lora_targets)
+    adapted = [(leaf, m.in_features, m.out_features) for leaf, m in linears if chosen is None or leaf in chosen]
+    return breakdown, sum(p.numel() for p in module.parameters()), adapted
+
+
+def _from_numbers(model, lora_targets):
+    """(breakdown, total, adapted Linears) from ``layout.parameter_owners``: the same numbers as ``_walk``."""
+    numbers = read_numbers(model)
+    owners = parameter_owners(model)
+    breakdown = dict.fromkeys(BREAKDOWN, 0)
+    for o in owners:
+        breakdown[o.part] += o.numel
+    unused = unused_vision_layers(numbers)
+    breakdown["no_grad"] = sum(o.numel for o in owners if o.path.startswith(unused))
+    linears = [o for o in owners if o.part == "language_model" and o.kind == "linear"]
+    chosen = _chosen_targets([o.leaf for o in linears], lora_targets)
+    adapted = [(o.leaf, o.params[0][1][1], o.params[0][1][0]) for o in linears if chosen is None or o.leaf in chosen]
+    return breakdown, sum(o.numel for o in owners), adapted
 
 
 def count_parameters(model, method: str = "full", lora_r: int = LLAVA_LORA_R, lora_alpha: int = LLAVA_LORA_ALPHA,
                      lora_targets=None) -> dict:
     """Count total and trainable parameters of a LLaVA model under a training method.
 
-    ``model``: a name, alias, config or module. ``method``:
+    ``model``: a name, alias, ``ModelSpec``, transformers config (all counted without torch) or module. ``method``:
 
     * ``stage1``: projector (and v1.6's ``image_newline``) only: LLaVA's pretraining stage;
     * ``full``: stage 2, projector + LLM + lm_head with the ViT frozen;
     * ``lora`` / ``qlora``: LLaVA's recipe, adapters of rank ``lora_r`` on ``lora_targets`` (default: every
-      Linear of the LLM; ``lm_head`` is outside the LLM body) plus the projector trained in full.
+      Linear of the LLM; ``lm_head`` is outside the LLM body) plus the projector trained in full:
+      ``adapter = sum over the adapted Linears of r (in + out)``.
 
     Returns ``{"total", "trainable", "breakdown"}`` and, for LoRA methods, ``"adapter"``. ``total`` is the base
     architecture, without adapters. ``lora_alpha`` only scales the update; it is returned for the record.
@@ -108,12 +142,8 @@ def count_parameters(model, method: str = "full", lora_r: int = LLAVA_LORA_R, lo
         raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method in ("lora", "qlora") and (not isinstance(lora_r, int) or lora_r <= 0):
         raise LlavaNbError(f"lora_r must be a positive integer, got {lora_r!r}")
-    module = _as_module(model)
-    parts = model_parts(module)
-    breakdown = {k: (_numel(v) if isinstance(v, nn.Module) else (v.numel() if v is not None else 0))
-                 for k, v in parts.items()}
-    breakdown["no_grad"] = sum(_numel(m) for _, m in unused_vision_modules(module))
-    total = sum(p.numel() for p in module.parameters())
+    walk = _walk if _is_module(model) else _from_numbers
+    breakdown, total, adapted = walk(model, lora_targets if method in ("lora", "qlora") else None)
     projector_side = breakdown["projector"] + breakdown["image_newline"]
     result = {"total": total, "breakdown": breakdown, "method": method}
     if method == "stage1":
@@ -121,14 +151,12 @@ def count_parameters(model, method: str = "full", lora_r: int = LLAVA_LORA_R, lo
     elif method == "full":
         result["trainable"] = projector_side + breakdown["language_model"] + breakdown["lm_head"]
     else:
-        targets = _linear_targets(parts["language_model"], lora_targets)
-        adapter = sum(lora_r * (lin.in_features + lin.out_features) for _, lin in targets)
+        adapter = sum(lora_r * (fan_in + fan_out) for _, fan_in, fan_out in adapted)
         result.update(adapter=adapter, trainable=adapter + projector_side, lora_r=lora_r, lora_alpha=lora_alpha,
-                      lora_targets=sorted({n.split(".")[-1] for n, _ in targets}))
+                      lora_targets=sorted({leaf for leaf, _, _ in adapted}))
     return result
 
 
 def trainable_fraction(counts: dict) -> float:
     """Trainable parameters as a fraction of the base model's."""
     return counts["trainable"] / counts["total"]
-

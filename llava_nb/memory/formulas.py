@@ -1,0 +1,217 @@
+"""The per-method terms of the memory calculator (pure Python): the ZeRO paper's model states, DeepSpeed's
+estimators, and the measured recipes' persistent and transient bytes, with the partition arithmetic behind them.
+
+Symbols: P all parameters, T the trainable ones (stage 2: the ViT frozen), N the GPUs, h the LLM width, i its MLP
+width, L its layers, V the vocabulary, r LoRA's rank, ``part(x)`` this rank's share of x. ``estimate.py``'s
+docstring tabulates the terms of ``measured_terms``; ``estimate_memory`` adds them up.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import UnknownMethodError
+from .shapes import Shapes
+
+METHODS = ("ddp", "zero1", "zero2", "zero3", "zero3-offload", "fsdp", "lora", "qlora")
+ZERO_STAGE = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero3-offload": 3}
+PAPER_K = 12
+NF4_BITS = 4
+#: bytes per parameter of a 4-bit weight's constants: blocksize-64 absmax quantised to 8 bits, plus fp32 second-level
+#: constants per 256 blocks (QLoRA, sec. 2: 8/64 + 32/(64*256) bits)
+DOUBLE_QUANT_BYTES = (8 / 64 + 32 / (64 * 256)) / 8
+
+
+# ---------------------------------------------------------------- how each engine splits parameters over N ranks
+
+def zero12_partition(numel: int, gpus: int) -> int:
+    """DeepSpeed ZeRO-1/2: the flat group is padded to a multiple of 2 x gpus, then split evenly:
+    ``ceil(numel / 2N) * 2N / N`` elements per rank."""
+    align = 2 * gpus
+    return math.ceil(numel / align) * align // gpus
+
+
+def zero3_partition(sizes, gpus: int, trainable_only: bool) -> int:
+    """DeepSpeed ZeRO-3 partitions each parameter separately: ``sum of ceil(numel / N)`` elements per rank."""
+    return sum(math.ceil(math.prod(s) / gpus) for t, s in sizes if t or not trainable_only)
+
+
+def fsdp_shard(sizes, gpus: int, trainable_only: bool, rank: int = 0) -> int:
+    """FSDP2 chunks dim 0 of each parameter like ``torch.chunk``: ceil(dim0 / gpus) rows per rank, the last ranks
+    get what is left (possibly nothing). Rank 0 is the busiest."""
+    total = 0
+    for t, s in sizes:
+        if trainable_only and not t:
+            continue
+        dim0 = s[0] if s else 1
+        step = math.ceil(dim0 / gpus)
+        rows = max(0, min(step, dim0 - rank * step))
+        total += rows * math.prod(s[1:])
+    return total
+
+
+# ---------------------------------------------------------------- the ZeRO paper and DeepSpeed's estimators
+
+def paper_terms(psi: int, method: str, gpus: int, fp32_grads: bool = False) -> dict:
+    """The ZeRO paper's model states; ``fp32_grads`` adds the 4 Psi of an fp32 gradient-accumulation buffer (the
+    Ultra-Scale Playbook's 140 GB for 7B), unsharded for ddp/zero1 and sharded otherwise."""
+    parts = paper_states(psi, method, gpus)
+    if fp32_grads:
+        parts["fp32_gradients"] = 4 * psi / (gpus if method in ("zero2", "zero3", "fsdp") else 1)
+    return parts
+
+
+def paper_states(psi: int, method: str, gpus: int) -> dict:
+    """Rajbhandari et al. 2019, sec. 3, K = 12: weights 2 Psi, gradients 2 Psi, optimizer states K Psi, each
+    divided by N from the stage that shards it on (ZeRO-1: optimizer, 2: + gradients, 3 and FSDP: + weights)."""
+    k = PAPER_K
+    if method == "ddp":
+        return {"weights": 2 * psi, "gradients": 2 * psi, "optimizer_states": k * psi}
+    if method == "zero1":
+        return {"weights": 2 * psi, "gradients": 2 * psi, "optimizer_states": k * psi / gpus}
+    if method == "zero2":
+        return {"weights": 2 * psi, "gradients": 2 * psi / gpus, "optimizer_states": k * psi / gpus}
+    if method in ("zero3", "fsdp"):
+        return {"weights": 2 * psi / gpus, "gradients": 2 * psi / gpus, "optimizer_states": k * psi / gpus}
+    raise UnknownMethodError(f"the ZeRO paper's formula covers ddp, zero1, zero2, zero3 (and fsdp, which shards like "
+                             f"ZeRO-3), not {method!r}; use accounting='measured'")
+
+
+def deepspeed_terms(total_params: int, largest_layer_params: int, method: str, gpus_per_node: int = 1,
+                    nodes: int = 1, buffer_factor: float = 1.5) -> tuple[dict, int]:
+    """The terms of DeepSpeed's model-state estimators: (GPU bytes by term, CPU bytes per node).
+
+    ``zero2`` is ``estimate_zero2_model_states_mem_needs(cpu_offload=False)``, ``zero3`` is
+    ``estimate_zero3_model_states_mem_needs(cpu_offload=False)`` and ``zero3-offload`` the same with optimizer and
+    parameter offload (``zero_init=True``). DeepSpeed has no estimator for stage 0 or 1.
+    """
+    p, total_gpus = total_params, gpus_per_node * nodes
+    if method == "zero2":
+        gpu = {"params_16bit": 2 * p, "grads_16bit+grads_32bit+params_32bit+adam (18 P / N)": int(18 * p / total_gpus)}
+        return gpu, int(p * 4 * gpus_per_node * buffer_factor)
+    if method == "zero3":
+        gpu = {"largest_layer (4 x params)": 4 * largest_layer_params,
+               "params+grads+master+adam (18 P / N)": int(18 * p / total_gpus)}
+        return gpu, int(largest_layer_params * 4 * gpus_per_node * buffer_factor)
+    if method == "zero3-offload":
+        return {"largest_layer (4 x params)": 4 * largest_layer_params}, int(p * 18 * (1 / nodes) * buffer_factor)
+    raise UnknownMethodError(f"DeepSpeed ships estimators for ZeRO-2 and ZeRO-3 only; accounting='deepspeed' cannot "
+                             f"describe {method!r}. Use 'measured', or method zero2/zero3/zero3-offload")
+
+
+# ---------------------------------------------------------------- the measured recipes
+
+def activation_bytes_per_token(shapes: Shapes, method: str, grad_checkpointing: bool) -> dict:
+    """Bytes per token kept for backward: ``blocks`` (all blocks), ``one_block`` (one block recomputed),
+    ``logits`` (the loss phase: 14 V, or 16 V for QLoRA's fp32 stream).
+
+    A block keeps ``26 h + 8 i`` bytes (full fine-tuning) or ``46 h + 11 i + 28 r`` (LoRA), twice that for QLoRA.
+    With checkpointing only each block's input stays, ``L * width * h`` (width 2, or 4 for QLoRA's fp32 stream)."""
+    h, i, r, L = shapes.hidden, shapes.intermediate, shapes.lora_r, shapes.layers
+    if method in ("lora", "qlora"):
+        per_block = 46 * h + 11 * i + 28 * r
+    else:
+        per_block = 26 * h + 8 * i
+    width = 4 if method == "qlora" else 2  # prepare_model_for_kbit_training makes the residual stream fp32
+    if method == "qlora":
+        per_block *= 2
+    if grad_checkpointing:
+        return {"blocks": L * width * h, "one_block": per_block, "logits": 16 * shapes.vocab if method == "qlora"
+                else 14 * shapes.vocab}
+    return {"blocks": L * per_block, "one_block": 0, "logits": 16 * shapes.vocab if method == "qlora"
+            else 14 * shapes.vocab}
+
+
+def _ddp_zero12_terms(shapes: Shapes, stage: int, gpus: int, one_block: int, options: dict) -> tuple:
+    """(persistent, end of backward, optimizer step) of DDP (stage 0) and ZeRO-1/2."""
+    P, T = shapes.total, shapes.trainable
+    bucket = options.get("reduce_bucket_size", shapes.hidden * shapes.hidden)
+    if stage == 0:
+        persistent = {"weights": 2 * P, "master_weights": 4 * T, "optimizer_states": 8 * T}
+        end = {"gradients": 2 * T, "activations": one_block}
+        step = {"gradients": 2 * T + 4 * T, "optimizer_temporaries": 4 * T}
+        return persistent, end, step
+    part = zero12_partition(T, gpus)
+    persistent = {"weights": 2 * P, "master_weights": 4 * part, "optimizer_states": 8 * part,
+                  "comm_buffers": 2 * 2 * bucket}
+    # ZeRO-1 keeps every bf16 gradient until the step; ZeRO-2 reduces them into its bf16 partition.
+    end = {"gradients": 2 * T if stage == 1 else 2 * part, "activations": one_block}
+    step = {"gradients": 4 * part, "optimizer_temporaries": 4 * part}
+    return persistent, end, step
+
+
+def _zero3_terms(shapes: Shapes, method: str, gpus: int, one_block: int, options: dict) -> tuple:
+    """(persistent, end of backward, optimizer step, cpu bytes) of ZeRO-3, with or without offload."""
+    h = shapes.hidden
+    bucket = options.get("reduce_bucket_size", h * h)
+    part = zero3_partition(shapes.sizes, gpus, trainable_only=True)
+    weights = 2 * zero3_partition(shapes.sizes, gpus, trainable_only=False)
+    threshold = options.get("stage3_param_persistence_threshold", 10 * h)
+    small = shapes.persistent_small if threshold == 10 * h else sum(
+        math.prod(s) for _, s in shapes.sizes if math.prod(s) < threshold)
+    sub = min(int(options.get("sub_group_size", 1e9)), part)
+    layer = 2 * shapes.largest_layer  # bf16 gathered: the largest module (embeddings / lm_head)
+    if method == "zero3-offload":
+        persistent = {"weights": 2 * small, "comm_buffers": 2 * 2 * bucket}
+        end = {"gradients": 2 * bucket, "gathered_params": 2 * layer, "activations": one_block}
+        step = {"gathered_params": 0}
+        return persistent, end, step, gpus * (2 * (weights // 2) + 16 * part) + 4 * sub
+    persistent = {"weights": weights + 2 * small, "master_weights": 4 * part, "optimizer_states": 8 * part,
+                  "gradient_buffer": 2 * part, "comm_buffers": 2 * 2 * bucket}
+    end = {"gathered_params": 2 * layer, "activations": one_block}
+    step = {"gradients": 4 * sub, "optimizer_temporaries": 4 * sub}
+    return persistent, end, step, 0
+
+
+def _fsdp_terms(shapes: Shapes, gpus: int, one_block: int, options: dict) -> tuple:
+    """(persistent, end of backward, optimizer step) of FSDP2 with fp32 shards, on rank ``options["rank"]``."""
+    rank = options.get("rank", 0)
+    params = 4 * fsdp_shard(shapes.sizes, gpus, trainable_only=False, rank=rank)
+    part = fsdp_shard(shapes.sizes, gpus, trainable_only=True, rank=rank)
+    persistent = {"weights": params, "optimizer_states": 8 * part}
+    end = {"gradients": 4 * part, "activations": one_block}
+    step = {"gradients": 4 * part, "optimizer_temporaries": 4 * part}
+    return persistent, end, step
+
+
+def _adapter_terms(shapes: Shapes, method: str, gpus: int, one_block: int) -> tuple:
+    """(persistent, end of backward, optimizer step) of LoRA (bf16 base) and QLoRA (NF4 LLM Linears, the rest fp32);
+    fp32 adapters and the projector train (bf16 for LoRA, fp32 for QLoRA)."""
+    P = shapes.total
+    adapters = 4 * shapes.adapter
+    if method == "lora":
+        base = 2 * (P - shapes.projector)
+        projector = 2 * shapes.projector
+    else:
+        quantised = shapes.llm_linear
+        rest = P - quantised - shapes.projector
+        base = int(quantised * (NF4_BITS / 8 + DOUBLE_QUANT_BYTES)) + 4 * rest  # fp32 after prepare_...
+        projector = 4 * shapes.projector
+    trainable = adapters + projector
+    persistent = {"weights": base + trainable, "optimizer_states": 2 * trainable}
+    if gpus > 1:
+        persistent["gradient_buffer"] = trainable  # DDP's buckets hold every gradient between steps
+        return persistent, {"activations": one_block}, {"optimizer_temporaries": trainable}
+    end = {"gradients": trainable, "activations": one_block}
+    step = {"gradients": trainable, "optimizer_temporaries": trainable}
+    return persistent, end, step
+
+
+def measured_terms(shapes: Shapes, method: str, gpus: int, tokens: int, grad_checkpointing: bool,
+                   options: dict) -> tuple:
+    """(persistent, phases, cpu bytes) of ``method``'s recipe; phases map a name ("loss", "end of backward",
+    "optimizer step") to its transient components. ``tokens`` = micro-batch x sequence length."""
+    act = activation_bytes_per_token(shapes, method, grad_checkpointing)
+    blocks, one_block, logits = (act["blocks"] * tokens, act["one_block"] * tokens, act["logits"] * tokens)
+    cpu = 0
+    if method in ZERO_STAGE and ZERO_STAGE[method] == 3:
+        persistent, end, step, cpu = _zero3_terms(shapes, method, gpus, one_block, options)
+    elif method in ZERO_STAGE:
+        persistent, end, step = _ddp_zero12_terms(shapes, ZERO_STAGE[method], gpus, one_block, options)
+    elif method == "fsdp":
+        persistent, end, step = _fsdp_terms(shapes, gpus, one_block, options)
+    else:  # lora, qlora
+        persistent, end, step = _adapter_terms(shapes, method, gpus, one_block)
+    phases = {"loss": {"activations": blocks, "logits_and_loss": logits}, "end of backward": end,
+              "optimizer step": step}
+    return persistent, phases, cpu
