@@ -39,7 +39,7 @@ _EXPORTS = {
                     "llava_nb.models.image_tokens"),
     "sample_image": "llava_nb.data.images",
     "estimate_memory": "llava_nb.memory.estimate",
-    "count_parameters": "llava_nb.models.params",
+    "count_parameters": "llava_nb.methods.counts",
     **dict.fromkeys(["build_processor", "load_processor"], "llava_nb.models.processors"),
     **dict.fromkeys(["get_profile", "profile_model"], "llava_nb.models.profiles"),
     "load_tokenizer": "llava_nb.models.tokenizer",

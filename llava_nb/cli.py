@@ -29,7 +29,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 
 def _params(args) -> tuple[dict, str]:
-    from .models.params import count_parameters
+    from .methods.counts import count_parameters
     from .models.specs import resolve_name
 
     name = resolve_name(args.model)
@@ -116,15 +116,16 @@ def _train(args) -> tuple[dict, str]:
 
     hp = dict(kv.split("=", 1) for kv in args.set)
     hp = {k.replace("-", "_"): _value(v) for k, v in hp.items()}
-    for key in ("lr", "epochs", "batch_size", "max_steps", "save_every", "resume_from", "template"):
+    for key in ("lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps", "max_steps", "save_every",
+                "resume_from", "template"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     if args.num_processes is not None:
         hp["num_processes"] = args.num_processes
     if args.eval_data:
         hp["eval_data"] = args.eval_data
-    result = train(args.model, args.stage, method=args.method, data=args.data, image_folder=args.image_folder,
-                   output_dir=args.output_dir, seed=args.seed, **hp)
+    result = train(args.model, args.stage, method=args.method, adapter=args.adapter, data=args.data,
+                   image_folder=args.image_folder, output_dir=args.output_dir, seed=args.seed, **hp)
     keep = ("model", "stage", "method", "steps", "train_loss", "eval_accuracy", "eval_by_type", "eval_blank_accuracy",
             "seconds",
             "seconds_total", "num_processes", "device", "final_dir")
@@ -157,14 +158,15 @@ def _regenerate(args) -> tuple[dict, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models.params import METHODS
+    from .methods.counts import ALIASES
+    from .methods.registry import METHODS
 
     parser = argparse.ArgumentParser(prog="python -m llava_nb", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILES, help=f"execution profile (overrides ${ENV_VAR})")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("params", help="parameter counts of a model under a training method")
     p.add_argument("--model", required=True, help="model name or Hugging Face id, e.g. llava-1.5-7b")
-    p.add_argument("--method", default="full", choices=METHODS)
+    p.add_argument("--method", default="full", choices=(*ALIASES, *METHODS))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     t = sub.add_parser("tokens", help="image tokens one image becomes")
     t.add_argument("--model", required=True)
@@ -173,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a LLaVA (stage 1 or 2); the last line printed is JSON")
     tr.add_argument("--model", required=True, help="tiny name, checkpoint folder or Hugging Face id")
     tr.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    tr.add_argument("--method", default="ddp")
+    tr.add_argument("--method", default="ddp", help="an engine (ddp, zero1, zero2, zero3, zero3-offload, fsdp), a "
+                    "shorthand (lora, qlora) or ENGINE+ADAPTER (e.g. zero3+lora)")
+    tr.add_argument("--adapter", choices=("none", "lora", "qlora"), help="compose an adapter with --method's engine")
     tr.add_argument("--num-processes", type=int, help="default: every GPU, or 2 CPU processes")
     tr.add_argument("--data", help="LLaVA-format JSON (default for tiny models: the synthetic set)")
     tr.add_argument("--image-folder")
@@ -182,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--lr", type=float)
     tr.add_argument("--epochs", type=int)
-    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--batch-size", type=int, help="samples per optimizer step, over every process")
+    tr.add_argument("--micro-batch", type=int, help="samples per process per forward")
+    tr.add_argument("--gradient-accumulation-steps", type=int)
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--save-every", type=int)
     tr.add_argument("--resume-from")
@@ -230,7 +236,7 @@ def main(argv=None) -> int:
         from .training.config import TrainSpec
         from .training.worker import run_worker
 
-        run_worker(TrainSpec(**json.loads(open(args.spec).read())))
+        run_worker(TrainSpec.from_json(json.loads(open(args.spec).read())))
         return 0
     try:
         handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,

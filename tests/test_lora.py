@@ -79,7 +79,7 @@ def _perturbed(seed=0, save_projector=True):
 
 
 def _logits(model):
-    from llava_nb.lab.measure import synthetic_batch
+    from llava_nb.lab.harness import synthetic_batch
 
     batch = synthetic_batch(model.config if hasattr(model, "config") else model.get_base_model().config, 2, 60,
                             torch.device("cpu"), seed=3)

@@ -75,7 +75,7 @@ def test_peft_published_llama2_count():
 
 
 def test_errors():
-    with pytest.raises(llava_nb.UnknownMethodError, match="stage1, full, lora, qlora"):
+    with pytest.raises(llava_nb.UnknownMethodError, match="engines: ddp, zero1"):
         llava_nb.count_parameters("llava-1.5-7b", "zero4")
     with pytest.raises(llava_nb.LlavaNbError, match="choose from"):
         llava_nb.count_parameters("tiny-llava-1.5", "lora", lora_targets=["qkv"])

@@ -12,17 +12,21 @@ import pytest
 
 import llava_nb
 from llava_nb.memory.estimate import model_shapes
-from llava_nb.methods.recipes import freeze_vision
+from llava_nb.methods.stages import freeze_for_stage
 from llava_nb.models.architectures import get_config
 from llava_nb.models.layout import parameter_owners
-from llava_nb.models.params import METHODS, count_parameters, model_parts
+from llava_nb.methods.counts import count_parameters
+from llava_nb.models.params import model_parts
+
+#: the parameter-count vocabulary: stage 1, full fine-tuning, and the two adapters
+METHODS = ("stage1", "full", "lora", "qlora")
 from llava_nb.models.specs import KNOWN_MODELS, get_spec
 
 
 @pytest.fixture(scope="module", params=KNOWN_MODELS)
 def built(request):
     """(name, the model built on the meta device with the ViT frozen, as stage 2 trains it)."""
-    return request.param, freeze_vision(llava_nb.build_model(request.param, device="meta"))
+    return request.param, freeze_for_stage(llava_nb.build_model(request.param, device="meta"), "stage2")
 
 
 def _shapes_from_module(model, lora_r: int = 128) -> dict:
@@ -47,7 +51,20 @@ def _shapes_from_module(model, lora_r: int = 128) -> dict:
         "layers": text.num_hidden_layers, "hidden": text.hidden_size, "intermediate": text.intermediate_size,
         "heads": text.num_attention_heads, "vocab": text.vocab_size, "lora_r": lora_r, "sizes": sizes,
         "persistent_small": sum(math.prod(s) for _, s in sizes if math.prod(s) < 10 * text.hidden_size),
+        "parts": tuple(_part_of(name) for name, _ in model.named_parameters()),
+        "adapter_sizes": tuple(shape for m in lm.modules() if type(m).__name__ == "Linear"
+                               for shape in ((lora_r, m.in_features), (m.out_features, lora_r))),
     }
+
+
+def _part_of(name: str) -> str:
+    """The LLaVA part a parameter's qualified name belongs to."""
+    for key, part in (("vision_tower", "vision_tower"), ("multi_modal_projector", "projector"),
+                      ("image_newline", "image_newline"), ("language_model", "language_model"),
+                      ("lm_head", "lm_head")):
+        if key in name:
+            return part
+    raise AssertionError(f"no part for {name}")
 
 
 def test_shapes_equal_the_meta_model(built):
@@ -93,7 +110,7 @@ def test_configs_off_the_known_list(change):
         config.text_config.attention_bias = config.text_config.mlp_bias = True
     else:
         config.vision_feature_layer = [-2, -3]
-    model = freeze_vision(llava_nb.build_model(config, device="meta"))
+    model = freeze_for_stage(llava_nb.build_model(config, device="meta"), "stage2")
     assert [(f"{o.path}.{n}", s) for o in parameter_owners(config) for n, s in o.params] == [
         (n, tuple(p.shape)) for n, p in model.named_parameters()]
     for method in METHODS:

@@ -11,7 +11,7 @@ def test_model_flops_match_torchs_flop_counter_on_a_real_training_step():
     attention kernel); our count without the attention terms must agree, ViT frozen (forward only) included."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from llava_nb.lab.measure import synthetic_batch
+    from llava_nb.lab.harness import synthetic_batch
     from llava_nb.methods.stages import freeze_for_stage
 
     model = freeze_for_stage(llava_nb.build_model("tiny-llava-1.5"), "stage2")
@@ -61,7 +61,7 @@ def test_committed_engine_runs_are_complete():
 
 
 def test_cpu_step_profile_times_real_training_steps_and_names_the_costliest_operators():
-    from llava_nb.lab.measure import synthetic_batch
+    from llava_nb.lab.harness import synthetic_batch
     from llava_nb.methods.stages import freeze_for_stage
     from llava_nb.lab.throughput import cpu_step_profile
 

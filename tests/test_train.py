@@ -37,7 +37,7 @@ def assert_merged_equals_adapted(result, base_dir):
     """An adapter run's saved final model (the merge) gives the logits of its adapter loaded onto ``base_dir``;
     returns the merged model and the synthetic batch it was checked on."""
     from llava_nb.methods.lora import load_lora
-    from llava_nb.lab.measure import synthetic_batch
+    from llava_nb.lab.harness import synthetic_batch
 
     merged = llava_nb.load_model(result["final_dir"]).eval()
     adapted = load_lora(llava_nb.load_model(base_dir).eval(), result["adapter_dir"]).eval()
@@ -133,15 +133,19 @@ def test_real_checkpoint_code_path(small_data, tmp_path):
 def test_errors(small_data, tmp_path):
     with pytest.raises(llava_nb.LlavaNbError, match="stage 1 does not train"):
         train("tiny-llava-1.5", 1, method="qlora")
-    with pytest.raises(llava_nb.UnknownMethodError, match="available: ddp, zero1"):
+    with pytest.raises(llava_nb.UnknownMethodError, match="engines: ddp, zero1"):
         train("tiny-llava-1.5", 1, method="zero4")
     with pytest.raises(llava_nb.LlavaNbError, match="stage must be 1 or 2"):
         train("tiny-llava-1.5", 3)
-    with pytest.raises(llava_nb.LlavaNbError, match="unknown hyperparameter"):
+    with pytest.raises(llava_nb.LlavaNbError, match="unknown training setting"):
         train("tiny-llava-1.5", 1, learning_rate=1)
-    with pytest.raises(TrainingError, match="multiple of"):
+    # a batch that cannot be split is refused in this process, before any worker starts
+    with pytest.raises(llava_nb.LlavaNbError, match="must equal processes x micro_batch"):
         train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
               output_dir=tmp_path, num_processes=1, batch_size=8, gradient_accumulation_steps=3)
+    assert not (tmp_path / "result.json").exists() and not list(tmp_path.glob("error-rank*"))
+    with pytest.raises(llava_nb.LlavaNbError, match="lr must be float, got 'abc'"):
+        train("tiny-llava-1.5", 1, lr="abc")
 
 
 def test_cli_train_prints_json_last_and_generate_answers(small_data, tmp_path, capsys):

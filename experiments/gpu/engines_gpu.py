@@ -94,7 +94,7 @@ def tiny(a, out: Path, skip: set, env: dict, base: dict, method: str) -> None:
 def main(a) -> None:
     import torch
 
-    from llava_nb.lab.measure import versions
+    from llava_nb.lab.harness import versions
     from llava_nb.lab.throughput import matmul_tflops
 
     out = Path(a.out)

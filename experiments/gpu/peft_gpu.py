@@ -83,7 +83,7 @@ def measure(a, out: Path, skip: set, env: dict, base: dict, method: str) -> None
 def main(a) -> None:
     import torch
 
-    from llava_nb.lab.measure import versions
+    from llava_nb.lab.harness import versions
     from llava_nb.lab.quant import linear4bit_timing
     from llava_nb.lab.throughput import matmul_tflops
 

@@ -44,7 +44,7 @@ def _model(unfreeze_vision: bool = False):
 
 
 def _batch(model):
-    from .measure import synthetic_batch
+    from .harness import synthetic_batch
 
     return synthetic_batch(model.config, 2, 64, torch.device("cpu"))
 
@@ -124,7 +124,7 @@ def main(out_dir: str) -> None:
 
 def run_fsdp_demo(out_dir: str | Path, processes: int = 2) -> list[dict]:
     """Run the demonstration in ``processes`` fresh processes (``measure.torchrun``); every rank's report."""
-    from .measure import torchrun
+    from .harness import torchrun
 
     torchrun(["llava_nb.lab.fsdp_demo", str(out_dir)], processes)
     return [json.loads((Path(out_dir) / f"rank{r}.json").read_text()) for r in range(processes)]

@@ -94,7 +94,7 @@ def _deepspeed_state_on_cpu() -> None:
 
 def run_hf_trainer(config: str, out_dir: str | Path, processes: int = 2, max_steps: int = 4) -> list[dict]:
     """``python -m llava_nb.lab.hf_trainer`` in ``processes`` fresh processes (``measure.torchrun``); every rank's record."""
-    from .measure import torchrun
+    from .harness import torchrun
 
     torchrun(["llava_nb.lab.hf_trainer", "--config", config, "--out", str(out_dir), "--max-steps", str(max_steps)],
              processes)

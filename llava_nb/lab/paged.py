@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from .measure import state_tensors, versions
+from .harness import versions
+from .measure import state_tensors
 
 #: name -> (module path, class, keyword arguments); "torch AdamW" is the baseline the others are compared with
 OPTIMIZERS = {

@@ -137,7 +137,7 @@ def hidden_state_dtypes(model, seq_len: int = 60) -> dict:
 
     After peft's ``prepare_model_for_kbit_training`` the RMSNorm weights are fp32, and Llama's RMSNorm returns
     ``weight * normalized.to(input_dtype)``, so from the first norm on the hidden states are fp32."""
-    from .measure import synthetic_batch
+    from .harness import synthetic_batch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = base.model.language_model.layers

@@ -48,11 +48,11 @@ def main(out: str) -> None:
 
 
 def run_zero3_trap(processes: int = 2, timeout: int = 300) -> dict:
-    """Run ``main`` in ``processes`` fresh processes (``llava_nb.lab.measure.torchrun``) and return rank 0's report."""
+    """Run ``main`` in ``processes`` fresh processes (``llava_nb.lab.harness.torchrun``) and return rank 0's report."""
     import tempfile
     from pathlib import Path
 
-    from .measure import torchrun
+    from .harness import torchrun
 
     out = Path(tempfile.mkdtemp(prefix="llava-nb-zero3-")) / "report.json"
     torchrun(["llava_nb.lab.zero3_trap", str(out)], processes, timeout)

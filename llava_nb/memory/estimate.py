@@ -1,4 +1,4 @@
-"""``estimate_memory``: what one GPU (the busiest rank) holds when training LLaVA's stage 2 with a method.
+"""``estimate_memory``: what one GPU (the busiest rank) holds when training LLaVA with a method.
 
 Pure Python: the model's parameter counts come from its config numbers (``shapes.py``), the per-method terms from
 ``formulas.py``; this module adds them up, phase by phase, and answers whether a setting fits.
@@ -11,25 +11,28 @@ Three ways of counting (``accounting``):
 * ``"deepspeed"``: the terms of DeepSpeed's own estimators (``estimate_zero2_model_states_mem_needs`` and
   ``estimate_zero3_model_states_mem_needs``), on all of the model's parameters, as their ``*_all_live`` versions
   count them: ZeRO-2 ``2 P + 18 P / N``, ZeRO-3 ``4 * largest_layer + 18 P / N``, model states only;
-* ``"measured"`` (default): what a real run allocates, recipe by recipe (``llava_nb.methods.recipes``), validated against
-  runs on GPUs (``data/measurements``). Per rank, with T the trainable parameters (the ViT is frozen), P all of
-  them and ``part(x)`` this rank's share of x (DeepSpeed's padding and FSDP's dim-0 chunks included):
+* ``"measured"`` (default): what ``train()`` allocates for each method of the registry (``llava_nb.methods``: the
+  set-up ``methods.setup`` runs, the dtypes ``Method.states`` declares), validated against runs on GPUs
+  (``data/measurements``). Per rank, with T the parameters that train (stage 2: all but the ViT; LoRA: the adapters
+  and peft's copy of the projector), P all that the rank's model holds and ``part(x)`` this rank's share of x
+  (DeepSpeed's padding and FSDP's dim-0 chunks included):
 
-  ========  ==============================================  ======================================================
-  method    steady (persistent)                             transient, at the step
-  ========  ==============================================  ======================================================
-  ddp       2P bf16 + 4T fp32 master + 8T AdamW             2T bf16 + 4T fp32 grads + 4T AdamW's temporary
-  zero1/2   2P + 4 part(T) + 8 part(T) + 2 x 2h^2 buckets   4 part(T) fp32 grads + 4 part(T) AdamW temporary
-  zero3     2 part(P) + 12 part(T) + 2 part(T) grad buffer  8 x min(sub_group_size, part(T)) (one sub-group)
-            + 2 x 2h^2 buckets
-  fsdp      4 part(P) fp32 shards + 8 part(T) AdamW         4 part(T) fp32 grads + 4 part(T) AdamW temporary
-  lora      2P bf16 base + adapters fp32 + projector bf16   their gradients + AdamW temporary (same bytes)
-            + their AdamW states
-  qlora     NF4 base (0.5 B/param + double-quantised        as lora
-            constants) + everything else cast to fp32
-  ========  ==============================================  ======================================================
+  ==========  ==============================================  ====================================================
+  engine      steady (persistent)                             transient, at the step
+  ==========  ==============================================  ====================================================
+  ddp         frozen part in its dtype + 4T fp32 weights      4T fp32 grads + 4T AdamW's temporary
+              + 8T AdamW (bf16 compute by autocast)
+  zero1/2     2P + 4 part(T) + 8 part(T) + 2 x 2h^2 buckets   4 part(T) fp32 grads + 4 part(T) AdamW temporary
+  zero3       2 part(P) + 12 part(T) + 2 part(T) grad buffer  8 x min(sub_group_size, part(T)) (one sub-group)
+              + 2 x 2h^2 buckets
+  fsdp        4 part(P) fp32 shards + 8 part(T) AdamW         4 part(T) fp32 grads + 4 part(T) AdamW temporary
+  ==========  ==============================================  ====================================================
 
-  LoRA and QLoRA on several GPUs are DDP replicas, whose gradient buckets hold every trainable gradient between
+  An adapter changes T and what is frozen: ``lora`` (on ``ddp``) keeps a bf16 base, ``qlora`` an NF4 base (0.5
+  bytes a parameter plus double-quantised constants) with everything else cast to fp32; on DeepSpeed and FSDP the
+  engine's own dtypes apply to the base and the adapters alike (``zero3+lora``, ``fsdp+lora``).
+
+  DDP replicas (``ddp``, ``lora``, ``qlora`` on several GPUs) keep every trained gradient in their buckets between
   steps. QLoRA's activations are counted twice LoRA's: ``prepare_model_for_kbit_training`` casts the embeddings to
   fp32, so the residual stream (and the checkpointed block inputs) are fp32.
 
@@ -52,20 +55,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import LlavaNbError, UnknownMethodError
+from ..methods.registry import METHODS, get_method  # noqa: F401 (METHODS re-exported)
 from ..models.image_tokens import count_image_tokens
 from ..models.layout import as_numbers
 from .formulas import (  # noqa: F401 (re-exported: chapters and tests import them from here)
     DOUBLE_QUANT_BYTES,
-    METHODS,
     NF4_BITS,
     PAPER_K,
-    ZERO_STAGE,
     activation_bytes_per_token,
     deepspeed_terms,
     measured_terms,
     paper_terms,
 )
-from .shapes import Shapes, model_shapes  # noqa: F401 (re-exported)
+from .shapes import Shapes, model_shapes, trainable_count  # noqa: F401 (re-exported)
 
 GIB = 2**30
 ACCOUNTINGS = ("measured", "paper", "deepspeed")
@@ -102,6 +104,9 @@ class MemoryEstimate:
     options: dict = field(default_factory=dict)
     #: every phase's transient components (bytes): "loss", "end of backward", "optimizer step"
     phases: dict = field(default_factory=dict)
+    #: the parameters that train, and the dtype of each training state (``Method.states``), as counted
+    trainable: int = 0
+    states: dict = field(default_factory=dict)
 
     def fits(self, gpu_memory_gib: float = H100_80GB_GIB, headroom: float = DEFAULT_HEADROOM) -> bool:
         """Whether the peak fits ``gpu_memory_gib`` of usable memory, keeping ``headroom`` (a fraction) free."""
@@ -127,7 +132,8 @@ def _image_tokens(model, image_size) -> int:
 def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq_len: int = 2048,
                     grad_checkpointing: bool = True, accounting: str = "measured", image_size=None,
                     **options) -> MemoryEstimate:
-    """Predict one GPU's memory (the busiest rank) for training ``model``'s stage 2 with ``method``.
+    """Predict one GPU's memory (the busiest rank) for training ``model`` with ``method`` (a name of the registry:
+    "zero3", "lora", "zero3+lora", "stage1", ...; bf16 mixed precision, as LLaVA's recipes).
 
     ``model`` is a name, alias or transformers config (or, with ``accounting="paper"``, a bare parameter count).
     ``seq_len`` counts the image tokens (576 for LLaVA-1.5; for v1.6 they follow ``image_size=(h, w)``).
@@ -137,19 +143,21 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     """
     if accounting not in ACCOUNTINGS:
         raise LlavaNbError(f"unknown accounting {accounting!r}; choose one of {', '.join(ACCOUNTINGS)}")
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    chosen = get_method(method)
     if not isinstance(gpus, int) or gpus < 1:
         raise MemoryConfigError(f"gpus must be a whole number >= 1, got {gpus!r}")
     if not isinstance(micro_batch, int) or micro_batch < 1:
         raise MemoryConfigError(f"micro_batch must be a whole number >= 1, got {micro_batch!r}")
-    base = dict(method=method, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len,
+    base = dict(method=chosen.name, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len,
                 grad_checkpointing=grad_checkpointing, accounting=accounting, options=dict(options))
+    if accounting != "measured" and (chosen.adapter.name != "none" or chosen.stage != 2):
+        raise UnknownMethodError(f"accounting={accounting!r} counts full fine-tuning with an engine (ddp, zero1, "
+                                 f"zero2, zero3, zero3-offload, fsdp), not {chosen.name!r}; use accounting='measured'")
     if isinstance(model, int):
         if accounting != "paper":
             raise MemoryConfigError("a bare parameter count only works with accounting='paper'; pass a model name "
                                     "or config for the other accountings")
-        parts = paper_terms(model, method, gpus, options.get("fp32_grads", False))
+        parts = paper_terms(model, chosen.engine.name, gpus, options.get("fp32_grads", False))
         return _finish(f"{model:,} parameters", parts, {}, 0, 0, base)
     shapes = model_shapes(model, options.get("lora_r", 128))
     n_img = _image_tokens(model, image_size)
@@ -157,12 +165,13 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
         raise MemoryConfigError(f"seq_len={seq_len} is shorter than the {n_img} image tokens it must hold; "
                                 f"use seq_len > {n_img}")
     if accounting == "paper":
-        return _finish(shapes.name, paper_terms(shapes.total, method, gpus, options.get("fp32_grads", False)), {}, 0,
+        return _finish(shapes.name, paper_terms(shapes.total, chosen.engine.name, gpus, options.get("fp32_grads", False)), {}, 0,
                        n_img, base)
     if accounting == "deepspeed":
-        gpu, cpu = deepspeed_terms(shapes.total, shapes.largest_layer, method, gpus, options.get("nodes", 1))
+        gpu, cpu = deepspeed_terms(shapes.total, shapes.largest_layer, chosen.engine.name, gpus, options.get("nodes", 1))
         return _finish(shapes.name, gpu, {}, cpu, n_img, base)
-    persistent, phases, cpu = measured_terms(shapes, method, gpus, micro_batch * seq_len, grad_checkpointing, options)
+    persistent, phases, cpu = measured_terms(shapes, chosen, gpus, micro_batch * seq_len, grad_checkpointing, options)
+    base.update(trainable=trainable_count(shapes, chosen), states=chosen.states("bf16").as_dict())
     return _finish(shapes.name, persistent, phases, cpu, n_img, base)
 
 

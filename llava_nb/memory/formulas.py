@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 
 from ..errors import UnknownMethodError
-from .shapes import Shapes
+from ..methods.registry import DTYPE_BYTES
+from .shapes import Shapes, method_sizes
 
-METHODS = ("ddp", "zero1", "zero2", "zero3", "zero3-offload", "fsdp", "lora", "qlora")
-ZERO_STAGE = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero3-offload": 3}
 PAPER_K = 12
 NF4_BITS = 4
 #: bytes per parameter of a 4-bit weight's constants: blocksize-64 absmax quantised to 8 bits, plus fp32 second-level
@@ -101,36 +100,33 @@ def deepspeed_terms(total_params: int, largest_layer_params: int, method: str, g
 
 # ---------------------------------------------------------------- the measured recipes
 
-def activation_bytes_per_token(shapes: Shapes, method: str, grad_checkpointing: bool) -> dict:
+def activation_bytes_per_token(shapes: Shapes, method, grad_checkpointing: bool) -> dict:
     """Bytes per token kept for backward: ``blocks`` (all blocks), ``one_block`` (one block recomputed),
     ``logits`` (the loss phase: 14 V, or 16 V for QLoRA's fp32 stream).
 
     A block keeps ``26 h + 8 i`` bytes (full fine-tuning) or ``46 h + 11 i + 28 r`` (LoRA), twice that for QLoRA.
     With checkpointing only each block's input stays, ``L * width * h`` (width 2, or 4 for QLoRA's fp32 stream)."""
     h, i, r, L = shapes.hidden, shapes.intermediate, shapes.lora_r, shapes.layers
-    if method in ("lora", "qlora"):
-        per_block = 46 * h + 11 * i + 28 * r
-    else:
-        per_block = 26 * h + 8 * i
-    width = 4 if method == "qlora" else 2  # prepare_model_for_kbit_training makes the residual stream fp32
-    if method == "qlora":
+    quantized = method.adapter.quantized
+    per_block = 46 * h + 11 * i + 28 * r if method.adapter.name != "none" else 26 * h + 8 * i
+    width = 4 if quantized else 2  # prepare_model_for_kbit_training makes the residual stream fp32
+    if quantized:
         per_block *= 2
+    logits = (16 if quantized else 14) * shapes.vocab
     if grad_checkpointing:
-        return {"blocks": L * width * h, "one_block": per_block, "logits": 16 * shapes.vocab if method == "qlora"
-                else 14 * shapes.vocab}
-    return {"blocks": L * per_block, "one_block": 0, "logits": 16 * shapes.vocab if method == "qlora"
-            else 14 * shapes.vocab}
+        return {"blocks": L * width * h, "one_block": per_block, "logits": logits}
+    return {"blocks": L * per_block, "one_block": 0, "logits": logits}
 
 
-def _ddp_zero12_terms(shapes: Shapes, stage: int, gpus: int, one_block: int, options: dict) -> tuple:
-    """(persistent, end of backward, optimizer step) of DDP (stage 0) and ZeRO-1/2."""
-    P, T = shapes.total, shapes.trainable
-    bucket = options.get("reduce_bucket_size", shapes.hidden * shapes.hidden)
-    if stage == 0:
-        persistent = {"weights": 2 * P, "master_weights": 4 * T, "optimizer_states": 8 * T}
-        end = {"gradients": 2 * T, "activations": one_block}
-        step = {"gradients": 2 * T + 4 * T, "optimizer_temporaries": 4 * T}
-        return persistent, end, step
+def _numel(sizes, trainable: bool | None = None) -> int:
+    """Elements of the ``(trains, shape)`` entries (only those that train, or only the frozen ones)."""
+    return sum(math.prod(s) for t, s in sizes if trainable is None or t == trainable)
+
+
+def _zero12_terms(sizes, stage: int, gpus: int, one_block: int, bucket: int) -> tuple:
+    """(persistent, end of backward, optimizer step) of ZeRO-1/2: bf16 weights, fp32 master and AdamW states of
+    this rank's partition of the T trained parameters."""
+    P, T = _numel(sizes), _numel(sizes, True)
     part = zero12_partition(T, gpus)
     persistent = {"weights": 2 * P, "master_weights": 4 * part, "optimizer_states": 8 * part,
                   "comm_buffers": 2 * 2 * bucket}
@@ -140,18 +136,17 @@ def _ddp_zero12_terms(shapes: Shapes, stage: int, gpus: int, one_block: int, opt
     return persistent, end, step
 
 
-def _zero3_terms(shapes: Shapes, method: str, gpus: int, one_block: int, options: dict) -> tuple:
+def _zero3_terms(shapes: Shapes, sizes, offload: bool, gpus: int, one_block: int, options: dict) -> tuple:
     """(persistent, end of backward, optimizer step, cpu bytes) of ZeRO-3, with or without offload."""
     h = shapes.hidden
     bucket = options.get("reduce_bucket_size", h * h)
-    part = zero3_partition(shapes.sizes, gpus, trainable_only=True)
-    weights = 2 * zero3_partition(shapes.sizes, gpus, trainable_only=False)
+    part = zero3_partition(sizes, gpus, trainable_only=True)
+    weights = 2 * zero3_partition(sizes, gpus, trainable_only=False)
     threshold = options.get("stage3_param_persistence_threshold", 10 * h)
-    small = shapes.persistent_small if threshold == 10 * h else sum(
-        math.prod(s) for _, s in shapes.sizes if math.prod(s) < threshold)
+    small = sum(math.prod(s) for _, s in sizes if math.prod(s) < threshold)
     sub = min(int(options.get("sub_group_size", 1e9)), part)
     layer = 2 * shapes.largest_layer  # bf16 gathered: the largest module (embeddings / lm_head)
-    if method == "zero3-offload":
+    if offload:
         persistent = {"weights": 2 * small, "comm_buffers": 2 * 2 * bucket}
         end = {"gradients": 2 * bucket, "gathered_params": 2 * layer, "activations": one_block}
         step = {"gathered_params": 0}
@@ -163,55 +158,60 @@ def _zero3_terms(shapes: Shapes, method: str, gpus: int, one_block: int, options
     return persistent, end, step, 0
 
 
-def _fsdp_terms(shapes: Shapes, gpus: int, one_block: int, options: dict) -> tuple:
-    """(persistent, end of backward, optimizer step) of FSDP2 with fp32 shards, on rank ``options["rank"]``."""
-    rank = options.get("rank", 0)
-    params = 4 * fsdp_shard(shapes.sizes, gpus, trainable_only=False, rank=rank)
-    part = fsdp_shard(shapes.sizes, gpus, trainable_only=True, rank=rank)
+def _fsdp_terms(sizes, gpus: int, one_block: int, rank: int) -> tuple:
+    """(persistent, end of backward, optimizer step) of FSDP2 with fp32 shards (also the master weights), on
+    ``rank``."""
+    params = 4 * fsdp_shard(sizes, gpus, trainable_only=False, rank=rank)
+    part = fsdp_shard(sizes, gpus, trainable_only=True, rank=rank)
     persistent = {"weights": params, "optimizer_states": 8 * part}
     end = {"gradients": 4 * part, "activations": one_block}
     step = {"gradients": 4 * part, "optimizer_temporaries": 4 * part}
     return persistent, end, step
 
 
-def _adapter_terms(shapes: Shapes, method: str, gpus: int, one_block: int) -> tuple:
-    """(persistent, end of backward, optimizer step) of LoRA (bf16 base) and QLoRA (NF4 LLM Linears, the rest fp32);
-    fp32 adapters and the projector train (bf16 for LoRA, fp32 for QLoRA)."""
-    P = shapes.total
-    adapters = 4 * shapes.adapter
-    if method == "lora":
-        base = 2 * (P - shapes.projector)
-        projector = 2 * shapes.projector
-    else:
-        quantised = shapes.llm_linear
-        rest = P - quantised - shapes.projector
-        base = int(quantised * (NF4_BITS / 8 + DOUBLE_QUANT_BYTES)) + 4 * rest  # fp32 after prepare_...
-        projector = 4 * shapes.projector
-    trainable = adapters + projector
-    persistent = {"weights": base + trainable, "optimizer_states": 2 * trainable}
+def _frozen_bytes(shapes: Shapes, sizes, method) -> int:
+    """Bytes of what does not train, in the dtype the method keeps it (``Method.states``): the ViT in fp32 under
+    DDP, a LoRA base in the compute dtype, QLoRA's LLM Linears in NF4 (4 bits plus double-quantized constants)
+    with everything else cast to fp32 by ``prepare_model_for_kbit_training``."""
+    frozen = _numel(sizes, False)
+    states = method.states("bf16")
+    if states.frozen == "nf4":
+        quantized = shapes.llm_linear
+        return int(quantized * (NF4_BITS / 8 + DOUBLE_QUANT_BYTES)) + 4 * (frozen - quantized)
+    return int(DTYPE_BYTES[states.frozen or "float32"] * frozen)
+
+
+def _ddp_terms(shapes: Shapes, sizes, method, gpus: int, one_block: int) -> tuple:
+    """(persistent, end of backward, optimizer step) of torch DDP: the T trained parameters in fp32 (they are the
+    master weights; bf16 by autocast), fp32 gradients and AdamW states; the frozen ones as ``_frozen_bytes``."""
+    trained = 4 * _numel(sizes, True)
+    persistent = {"weights": _frozen_bytes(shapes, sizes, method) + trained, "optimizer_states": 2 * trained}
     if gpus > 1:
-        persistent["gradient_buffer"] = trainable  # DDP's buckets hold every gradient between steps
-        return persistent, {"activations": one_block}, {"optimizer_temporaries": trainable}
-    end = {"gradients": trainable, "activations": one_block}
-    step = {"gradients": trainable, "optimizer_temporaries": trainable}
+        persistent["gradient_buffer"] = trained  # DDP's buckets hold every gradient between steps
+        return persistent, {"activations": one_block}, {"optimizer_temporaries": trained}
+    end = {"gradients": trained, "activations": one_block}
+    step = {"gradients": trained, "optimizer_temporaries": trained}
     return persistent, end, step
 
 
-def measured_terms(shapes: Shapes, method: str, gpus: int, tokens: int, grad_checkpointing: bool,
+def measured_terms(shapes: Shapes, method, gpus: int, tokens: int, grad_checkpointing: bool,
                    options: dict) -> tuple:
-    """(persistent, phases, cpu bytes) of ``method``'s recipe; phases map a name ("loss", "end of backward",
-    "optimizer step") to its transient components. ``tokens`` = micro-batch x sequence length."""
+    """(persistent, phases, cpu bytes) of ``method`` (a ``methods.registry.Method``) as ``train()`` sets it up;
+    phases map a name ("loss", "end of backward", "optimizer step") to its transient components. ``tokens`` =
+    micro-batch x sequence length. The parameters held, and which of them train, are ``method_sizes``."""
     act = activation_bytes_per_token(shapes, method, grad_checkpointing)
     blocks, one_block, logits = (act["blocks"] * tokens, act["one_block"] * tokens, act["logits"] * tokens)
-    cpu = 0
-    if method in ZERO_STAGE and ZERO_STAGE[method] == 3:
-        persistent, end, step, cpu = _zero3_terms(shapes, method, gpus, one_block, options)
-    elif method in ZERO_STAGE:
-        persistent, end, step = _ddp_zero12_terms(shapes, ZERO_STAGE[method], gpus, one_block, options)
-    elif method == "fsdp":
-        persistent, end, step = _fsdp_terms(shapes, gpus, one_block, options)
-    else:  # lora, qlora
-        persistent, end, step = _adapter_terms(shapes, method, gpus, one_block)
+    sizes = method_sizes(shapes, method)
+    engine, cpu = method.engine, 0
+    if engine.kind == "deepspeed" and engine.zero_stage == 3:
+        persistent, end, step, cpu = _zero3_terms(shapes, sizes, engine.offload, gpus, one_block, options)
+    elif engine.kind == "deepspeed":
+        bucket = options.get("reduce_bucket_size", shapes.hidden * shapes.hidden)
+        persistent, end, step = _zero12_terms(sizes, engine.zero_stage, gpus, one_block, bucket)
+    elif engine.kind == "fsdp":
+        persistent, end, step = _fsdp_terms(sizes, gpus, one_block, options.get("rank", 0))
+    else:
+        persistent, end, step = _ddp_terms(shapes, sizes, method, gpus, one_block)
     phases = {"loss": {"activations": blocks, "logits_and_loss": logits}, "end of backward": end,
               "optimizer step": step}
     return persistent, phases, cpu

@@ -17,6 +17,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+from ..methods.counts import trained_count, trained_sizes
 from ..models.layout import Numbers, owners_of, read_numbers
 
 
@@ -42,6 +43,18 @@ class Shapes:
     lora_r: int
     sizes: tuple            # every parameter's shape, for padding and sharding (trainable flag, shape)
     persistent_small: int   # parameters of tensors below ZeRO-3's persistence threshold (10 h)
+    parts: tuple = ()       # the LLaVA part of each entry of ``sizes`` ("vision_tower", "projector", ...)
+    adapter_sizes: tuple = ()  # LoRA's A (r, in) and B (out, r) of every LLM Linear, in module order
+
+
+def method_sizes(shapes: Shapes, method) -> tuple:
+    """``(trains, shape)`` of every parameter ``method`` holds (``methods.counts.trained_sizes``)."""
+    return trained_sizes(method, shapes.sizes, shapes.parts, shapes.adapter_sizes)
+
+
+def trainable_count(shapes: Shapes, method) -> int:
+    """Parameters that train under ``method`` (what ``train()`` reports as ``trainable_parameters``)."""
+    return trained_count(method_sizes(shapes, method))
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,7 +76,10 @@ def shapes_of(numbers: Numbers, lora_r: int = 128) -> Shapes:
         adapter=sum(lora_r * (o.params[0][1][0] + o.params[0][1][1]) for o in lm_linears),
         largest_layer=max(o.numel for o in owners), layers=layers, hidden=h, intermediate=i, heads=heads,
         vocab=vocab, lora_r=lora_r, sizes=sizes,
-        persistent_small=sum(math.prod(s) for _, s in sizes if math.prod(s) < 10 * h))
+        persistent_small=sum(math.prod(s) for _, s in sizes if math.prod(s) < 10 * h),
+        parts=tuple(o.part for o in owners for _ in o.params),
+        adapter_sizes=tuple(shape for o in lm_linears for shape in ((lora_r, o.params[0][1][1]),
+                                                                    (o.params[0][1][0], lora_r))))
 
 
 def model_shapes(model, lora_r: int = 128) -> Shapes:

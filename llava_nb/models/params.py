@@ -8,7 +8,8 @@ LLaVA splits into
     language_model  embeddings, decoder blocks and final norm
     lm_head         the output projection to the vocabulary (0 when tied to the embeddings, which count it)
 
-A name, alias, ``ModelSpec`` or transformers config is counted from ``layout.parameter_owners`` (every parameter
+``methods.counts.count_parameters`` counts what each training method trains from these parts. A name, alias,
+``ModelSpec`` or transformers config is counted from ``layout.parameter_owners`` (every parameter
 tensor derived from the config's numbers, checked against the meta-device modules by ``tests/test_shapes.py``); a
 module (``nn.Module``) is walked. ``no_grad`` counts the vision-tower parameters that can never receive a gradient
 because LLaVA reads features from layer -2: the last encoder layer and ``post_layernorm`` run, but their outputs
@@ -23,9 +24,7 @@ from __future__ import annotations
 import sys
 
 from .layout import parameter_owners, read_numbers, unused_vision_layers
-from ..errors import LlavaNbError, UnknownMethodError
-
-METHODS = ("stage1", "full", "lora", "qlora")
+from ..errors import LlavaNbError
 
 #: LLaVA's LoRA recipe (scripts/v1_5/finetune_lora.sh): r=128, alpha=256 on every LLM Linear but lm_head.
 LLAVA_LORA_R = 128
@@ -123,38 +122,11 @@ def _from_numbers(model, lora_targets):
     return breakdown, sum(o.numel for o in owners), adapted
 
 
-def count_parameters(model, method: str = "full", lora_r: int = LLAVA_LORA_R, lora_alpha: int = LLAVA_LORA_ALPHA,
-                     lora_targets=None) -> dict:
-    """Count total and trainable parameters of a LLaVA model under a training method.
-
-    ``model``: a name, alias, ``ModelSpec``, transformers config (all counted without torch) or module. ``method``:
-
-    * ``stage1``: projector (and v1.6's ``image_newline``) only: LLaVA's pretraining stage;
-    * ``full``: stage 2, projector + LLM + lm_head with the ViT frozen;
-    * ``lora`` / ``qlora``: LLaVA's recipe, adapters of rank ``lora_r`` on ``lora_targets`` (default: every
-      Linear of the LLM; ``lm_head`` is outside the LLM body) plus the projector trained in full:
-      ``adapter = sum over the adapted Linears of r (in + out)``.
-
-    Returns ``{"total", "trainable", "breakdown"}`` and, for LoRA methods, ``"adapter"``. ``total`` is the base
-    architecture, without adapters. ``lora_alpha`` only scales the update; it is returned for the record.
-    """
-    if method not in METHODS:
-        raise UnknownMethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method in ("lora", "qlora") and (not isinstance(lora_r, int) or lora_r <= 0):
-        raise LlavaNbError(f"lora_r must be a positive integer, got {lora_r!r}")
+def parameter_breakdown(model, lora_targets=None) -> tuple[dict, int, list]:
+    """(breakdown by part, total, [(leaf name, in, out)] of the Linears LoRA adapts) of a name, alias, spec or
+    config (from its numbers, no torch) or of a built module (walked)."""
     walk = _walk if _is_module(model) else _from_numbers
-    breakdown, total, adapted = walk(model, lora_targets if method in ("lora", "qlora") else None)
-    projector_side = breakdown["projector"] + breakdown["image_newline"]
-    result = {"total": total, "breakdown": breakdown, "method": method}
-    if method == "stage1":
-        result["trainable"] = projector_side
-    elif method == "full":
-        result["trainable"] = projector_side + breakdown["language_model"] + breakdown["lm_head"]
-    else:
-        adapter = sum(lora_r * (fan_in + fan_out) for _, fan_in, fan_out in adapted)
-        result.update(adapter=adapter, trainable=adapter + projector_side, lora_r=lora_r, lora_alpha=lora_alpha,
-                      lora_targets=sorted({leaf for leaf, _, _ in adapted}))
-    return result
+    return walk(model, lora_targets)
 
 
 def trainable_fraction(counts: dict) -> float:

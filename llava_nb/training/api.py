@@ -71,8 +71,6 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     Returns ``result.json``'s content: ``train_loss``, ``losses``, ``eval_accuracy`` (when there is held-out data),
     ``seconds``, ``final_dir``, ``states`` (the dtypes the method kept) and more.
     """
-    import dataclasses
-
     from ..methods.registry import get_method
 
     if stage not in (1, 2, "1", "2"):
@@ -82,10 +80,7 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     model = str(model)
     tiny = tiny_name(model)
     eval_data = settings.pop("eval_data", None)
-    if config is None:
-        cfg = TrainConfig.recipe(bool(tiny), stage, chosen.adapter.name != "none", **settings)
-    else:
-        cfg = dataclasses.replace(config, **settings)
+    cfg = _config(config, settings, bool(tiny), stage, chosen)
     processes = cfg.num_processes or default_num_processes()
     cfg.batch_split(processes)  # a batch that cannot be split fails here, before any process starts
     if data is None:
@@ -111,14 +106,45 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     out = Path(output_dir) if output_dir else default_output_dir(model, stage, chosen.key, seed)
     spec = TrainSpec(model, stage, chosen.key, str(data), str(image_folder) if image_folder else None,
                      str(eval_data) if eval_data else None, str(out), seed, cfg)
-    spec.fingerprint = {**{k: v for k, v in spec.to_json().items() if k not in ("config", "fingerprint")},
-                        "config": {k: v for k, v in dataclasses.asdict(cfg).items()
-                                   if k not in ("force", "num_processes", "log_every")}}
+    spec.fingerprint = _fingerprint(spec)
+    previous = _finished_before(spec)
+    if previous:
+        return previous
+    result = _launch_and_collect(spec, processes)
+    result["seconds_total"] = round(time.perf_counter() - start, 1)
+    if prior:
+        result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir", "cached")}
+    (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _config(config: TrainConfig | None, settings: dict, tiny: bool, stage: int, method) -> TrainConfig:
+    """``config`` with ``settings`` applied, or the recipe for this model, stage and method with them."""
+    import dataclasses
+
+    if config is None:
+        return TrainConfig.recipe(tiny, stage, method.adapter.name != "none", **settings)
+    return dataclasses.replace(config, **settings)
+
+
+def _fingerprint(spec: TrainSpec) -> dict:
+    """What identifies a run: everything but the settings that do not change what it computes."""
+    import dataclasses
+
+    return {**{k: v for k, v in spec.to_json().items() if k not in ("config", "fingerprint")},
+            "config": {k: v for k, v in dataclasses.asdict(spec.config).items()
+                       if k not in ("force", "num_processes", "log_every")}}
+
+
+def _finished_before(spec: TrainSpec) -> dict | None:
+    """The result of the same run finished before in the same folder (``force=True`` retrains); otherwise the
+    folder is readied for a fresh run."""
+    cfg, out = spec.config, Path(spec.output_dir)
     cached = out / "result.json"
     if not cfg.force and cfg.resume_from is None and cached.exists():
         previous = json.loads(cached.read_text())
         if previous.get("spec") == json.loads(json.dumps(spec.fingerprint)) and previous.get("finished"):
-            previous["cached"] = True  # the same run finished before: reuse it (force=True retrains)
+            previous["cached"] = True
             return previous
     for stale in [cached, *out.glob("error-rank*.txt")] if cfg.resume_from is None else out.glob("error-rank*.txt"):
         if stale.exists():
@@ -127,6 +153,12 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
         # a fresh run: an earlier run's checkpoints in this folder would be overwritten one by one (DCP warns) or,
         # worse, outlive this run and be mistaken for its own
         shutil.rmtree(out / "checkpoints")
+    return None
+
+
+def _launch_and_collect(spec: TrainSpec, processes: int) -> dict:
+    """Run the workers; their result.json, or a ``TrainingError`` carrying each failed process's own error."""
+    out = Path(spec.output_dir)
     try:
         launch(spec, processes)
     except Exception as err:
@@ -138,9 +170,4 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     result_file = out / "result.json"
     if not result_file.exists():
         raise RuntimeError(f"training finished without writing {result_file}; see the processes' output above")
-    result = json.loads(result_file.read_text())
-    result["seconds_total"] = round(time.perf_counter() - start, 1)
-    if prior:
-        result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir", "cached")}
-    result_file.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return json.loads(result_file.read_text())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,10 +29,14 @@ def _launch_fresh_processes(spec: TrainSpec, num_processes: int) -> None:
 
     spec_file = Path(spec.output_dir) / "spec.json"
     spec_file.parent.mkdir(parents=True, exist_ok=True)
-    spec_file.write_text(json.dumps(asdict(spec)))
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                    str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port()), "-m", "llava_nb", "worker", str(spec_file)], check=True)
+    spec_file.write_text(json.dumps(spec.to_json()))
+    try:
+        subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                        str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port()), "-m", "llava_nb", "worker", str(spec_file)],
+                       check=True)
+    finally:
+        forget_exits(spec)
 
 
 def free_port() -> int:
@@ -55,6 +58,13 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
     """
     from accelerate.state import AcceleratorState
 
+    from ..methods.registry import get_method
+
+    deepspeed = get_method(spec.method).engine.kind == "deepspeed"
+    if deepspeed and not torch.cuda.is_available():
+        from .._compat import deepspeed_probes_only_the_ops_it_uses
+
+        deepspeed_probes_only_the_ops_it_uses()  # before this process or its forks set DeepSpeed up: see _compat
     if _in_distributed_launch():
         run_worker(spec)
         return
@@ -64,9 +74,7 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         finally:  # forget this process's Accelerator, so that a later notebook_launcher can start processes
             AcceleratorState._reset_state(reset_partial_state=True)
         return
-    from ..methods.registry import get_method
-
-    deepspeed_on_gpu = torch.cuda.is_available() and get_method(spec.method).engine == "deepspeed"
+    deepspeed_on_gpu = torch.cuda.is_available() and deepspeed
     if (torch.cuda.is_available() and torch.cuda.is_initialized()) or AcceleratorState._shared_state \
             or "bitsandbytes" in sys.modules or deepspeed_on_gpu:
         # fork is impossible after CUDA initialised; notebook_launcher refuses once an Accelerator exists in this
@@ -103,3 +111,13 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         _launch_fresh_processes(spec, num_processes)
     finally:
         elastic.setLevel(level)
+        forget_exits(spec)
+
+
+def forget_exits(spec: TrainSpec) -> None:
+    """Remove the markers by which the workers ended together (``exits.settle``); they meant nothing after."""
+    import shutil
+
+    from .exits import marker_dir
+
+    shutil.rmtree(marker_dir(spec.output_dir), ignore_errors=True)

@@ -8,18 +8,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..errors import LlavaNbError
 from .config import TrainSpec
-from .loading import _model_config, _plain_model, _whole_model_construction, default_template, load_for_training
+from .loading import _model_config, default_template, load_for_training
+
 
 class Progress:
     """Position in the data and the losses so far; saved with ``accelerator.save_state`` (via
@@ -40,192 +40,185 @@ def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
     Trainer's rule and so LLaVA's. Decay pulls every weight towards zero by ``lr * weight_decay`` of itself a step;
     on a norm's gain, whose neutral value is 1, that would be a bias rather than a regulariser."""
     params = list(params)
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in params]  # ZeRO-3: the shape before partitioning
+    groups = [{"params": [p for p, m in zip(params, matrix) if m], "weight_decay": weight_decay},
+              {"params": [p for p, m in zip(params, matrix) if not m], "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 def run_worker(spec: TrainSpec) -> None:
     """The body every training process runs (see the module docstring). A failure is also written to
-    ``output_dir/error-rank<N>.txt`` so that the launching process can report the root cause."""
+    ``output_dir/error-rank<N>.txt`` so that the launching process can report the root cause. The processes of a
+    multi-process launch end together (``exits.settle``), so that the launcher never has to kill one."""
+    from .exits import ranks, settle
+
+    group = ranks()  # (rank, local world size), or None in a single process
     try:
         _run_worker(spec)
     except Exception as err:
         rank = os.environ.get("RANK", "0")
         Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(spec.output_dir) / f"error-rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+        if group:
+            settle(spec.output_dir, *group, failed=True)  # exits here unless this rank reports the failure
         raise
+    if group:
+        settle(spec.output_dir, *group, failed=False)
 
 
 def _run_worker(spec: TrainSpec) -> None:
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from transformers import get_cosine_schedule_with_warmup
+    from accelerate.utils import set_seed
 
-    from ..data.records import load_conversations
-    from ..data.dataset import Collator, ConversationDataset, LengthGroupedSampler, check_batch
-    from ..methods.registry import force_fsdp_on_cpu, get_method
-    from ..methods.recipes import fsdp_block_classes, llm_hidden_size
-    from ..models.processors import build_processor
-    from ..methods.stages import freeze_for_stage
+    from ..methods.registry import get_method
+    from ..methods.setup import load_kwargs, setup_model
+    from ..methods.stages import trainable_parameters
 
-    hp = spec.hp
-    method = get_method(spec.method)
+    cfg = spec.config
+    method = get_method(spec.method).for_stage(spec.stage)
     start = time.perf_counter()
     if not torch.cuda.is_available() and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # a forked process keeps its parent's count
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    config = _model_config(spec.model)
-    facts = {"hidden_size": llm_hidden_size(config), "world_size": world,
-             "micro_batch": hp["batch_size"] // (world * hp["gradient_accumulation_steps"]),
-             "block_classes": fsdp_block_classes(config) if method.engine == "fsdp" else None}
-    accelerator_kwargs = method.accelerator_kwargs(hp, facts)
-    # cpu=True would make Accelerate drop a DeepSpeed plugin silently (and run DDP): DeepSpeed methods get a gloo
-    # process group from their kwargs instead
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available() and method.engine != "deepspeed", mixed_precision=hp["mixed_precision"],
-        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **accelerator_kwargs)
-    if method.engine == "fsdp" and not torch.cuda.is_available():
-        force_fsdp_on_cpu(accelerator, accelerator_kwargs["fsdp_plugin"])
+    accelerator = _accelerator(spec, method)
     set_seed(spec.seed)
-    out = Path(spec.output_dir)
-    model, tokenizer, image_processor = load_for_training(spec.model, spec.stage, **method.load_kwargs())
-    if hp["attn_implementation"]:  # "eager", "sdpa", ...: for the ViT and the LLM alike
-        model.set_attn_implementation(hp["attn_implementation"])
+    model, tokenizer, image_processor = load_for_training(spec.model, spec.stage,
+                                                          **load_kwargs(method, cfg.mixed_precision))
+    model = setup_model(model, method, setup_options(cfg))
     attention = {"vision": model.config.vision_config._attn_implementation,
                  "language": model.config.text_config._attn_implementation}
-    if method.adapter:  # peft decides what trains (adapters, the projector); 4-bit weights cannot require grads
-        model.requires_grad_(False)
-    else:
-        freeze_for_stage(model, f"stage{spec.stage}")
-    if hp["unfreeze_vision"]:  # what LLaVA-NeXT's recipes do; also the DDP unused-parameter trap
-        model.model.vision_tower.requires_grad_(True)
-    if hp["gradient_checkpointing"]:
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    model = method.prepare_model(model, hp)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # before any engine shards them
+    trainable = trainable_parameters(model)  # before any engine shards them
     quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in model.modules())  # not peft's wrappers
-    template = hp["template"] or default_template(model.config, spec.stage)
-    records = load_conversations(spec.data, spec.image_folder)
-    dataset = ConversationDataset(records, tokenizer, model.config, template, hp["max_length"], image_processor)
-    world = accelerator.num_processes
-    micro = hp["batch_size"] // (world * hp["gradient_accumulation_steps"])
-    if micro < 1 or micro * world * hp["gradient_accumulation_steps"] != hp["batch_size"]:
-        raise LlavaNbError(f"batch_size={hp['batch_size']} must be a multiple of processes x accumulation steps = "
-                           f"{world} x {hp['gradient_accumulation_steps']}")
-    if hp["group_by_length"]:  # LLaVA's group_by_modality_length: batches of similar length, less padding
-        sampler = LengthGroupedSampler([len(it.input_ids) for it in dataset.items], micro * world, seed=spec.seed)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True,
-                                             collate_fn=Collator(tokenizer.pad_token_id))
-    else:
-        generator = torch.Generator().manual_seed(spec.seed)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=micro, shuffle=True, drop_last=True,
-                                             generator=generator, collate_fn=Collator(tokenizer.pad_token_id))
-    steps_per_epoch = len(loader) // (world * hp["gradient_accumulation_steps"])
-    total = hp["max_steps"] or steps_per_epoch * hp["epochs"]
+    template = cfg.template or default_template(model.config, spec.stage)
+    dataset = _dataset(spec, model.config, tokenizer, image_processor, template)
+    micro, accum = cfg.batch_split(accelerator.num_processes)
+    loader = _loader(dataset, micro, accelerator.num_processes, cfg.group_by_length, spec.seed, tokenizer)
+    total = cfg.max_steps or len(loader) // (accelerator.num_processes * accum) * cfg.epochs
     if total < 1:
-        raise LlavaNbError(f"{len(dataset)} samples give no full batch of {hp['batch_size']}; lower batch_size")
+        raise LlavaNbError(f"{len(dataset)} samples give no full batch of {cfg.batch_size}; lower batch_size")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, hp["lr"], hp["weight_decay"])
+    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
     # The scheduler is stepped by hand once per optimizer step (not handed to prepare(), which would step it once
     # per process) and saved with the state through register_for_checkpointing.
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(hp["warmup_ratio"] * total), total)
+    from transformers import get_cosine_schedule_with_warmup
+
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     progress = Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
-    if hp["resume_from"]:
-        accelerator.load_state(hp["resume_from"])
-    micro_done = progress.step * hp["gradient_accumulation_steps"]
+    if cfg.resume_from:
+        accelerator.load_state(cfg.resume_from)
+    states = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
+                         Path(spec.output_dir))
+    result = {"model": spec.model, "stage": spec.stage, "method": method.name, "template": template,
+              "steps": progress.step, "total_steps": total, "finished": progress.step >= total,
+              "losses": progress.losses, "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
+              "num_processes": accelerator.num_processes, "micro_batch": micro, "gradient_accumulation_steps": accum,
+              "device": accelerator.device.type, "output_dir": spec.output_dir,
+              "hyperparams": {k: v for k, v in asdict(cfg).items() if k != "resume_from"},
+              "spec": spec.fingerprint, "engine": type(model).__name__,  # DeepSpeedEngine, DistributedDataParallel
+              "attention": attention, "trainable_parameters": trainable, "states": states,
+              "quantized_linears": quantized}  # bitsandbytes layers in the trained model (QLoRA)
+    from .finish import finish
+
+    finish(accelerator, model, spec, method, result, tokenizer, image_processor, template, start)
+
+
+def setup_options(cfg):
+    """The ``SetupOptions`` of a ``TrainConfig`` (its fields of the same names)."""
+    from ..methods.setup import SetupOptions
+
+    return SetupOptions(**{f: getattr(cfg, f) for f in SetupOptions.__dataclass_fields__})
+
+
+def _accelerator(spec: TrainSpec, method):
+    """An ``Accelerator`` that runs ``method``'s engine on this machine."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from ..methods.deepspeed import llm_hidden_size
+    from ..methods.fsdp import fsdp_block_classes
+    from ..methods.wrap import accelerator_kwargs, force_fsdp_on_cpu
+
+    cfg, world = spec.config, int(os.environ.get("WORLD_SIZE", 1))
+    config = _model_config(spec.model)
+    micro, accum = cfg.batch_split(world)
+    kwargs = accelerator_kwargs(method, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=accum,
+                                micro_batch=micro, world_size=world, hidden_size=llm_hidden_size(config),
+                                block_classes=fsdp_block_classes(config) if method.engine.kind == "fsdp" else None,
+                                find_unused_parameters=cfg.find_unused_parameters)
+    # cpu=True would make Accelerate drop a DeepSpeed plugin silently (and run DDP): DeepSpeed methods get a gloo
+    # process group from their kwargs instead
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available() and method.engine.kind != "deepspeed", mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=accum, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        **kwargs)
+    if method.engine.kind == "fsdp" and not torch.cuda.is_available():
+        force_fsdp_on_cpu(accelerator, kwargs["fsdp_plugin"])
+    return accelerator
+
+
+def _dataset(spec: TrainSpec, config, tokenizer, image_processor, template):
+    from ..data.dataset import ConversationDataset
+    from ..data.records import load_conversations
+
+    records = load_conversations(spec.data, spec.image_folder)
+    return ConversationDataset(records, tokenizer, config, template, spec.config.max_length, image_processor)
+
+
+def _loader(dataset, micro: int, world: int, group_by_length: bool, seed: int, tokenizer):
+    """Batches of ``micro`` samples per process: shuffled, or grouped by length over ``micro * world`` samples."""
+    from ..data.dataset import Collator, LengthGroupedSampler
+
+    collate = Collator(tokenizer.pad_token_id)
+    if group_by_length:  # batches of similar length, less padding
+        sampler = LengthGroupedSampler([len(it.input_ids) for it in dataset.items], micro * world, seed=seed)
+        return torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True,
+                                           collate_fn=collate)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=micro, shuffle=True, drop_last=True, generator=generator,
+                                       collate_fn=collate)
+
+
+def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total: int, params,
+                out: Path) -> dict | None:
+    """Optimizer steps until ``total`` (or ``stop_after``); returns the states' dtypes read at the first step."""
+    from ..data.dataset import check_batch
+    from ..methods.probe import StateProbe
+
+    probe = StateProbe(model, optimizer)
+    micro_done = progress.step * accelerator.gradient_accumulation_steps
     model.train()
     first = True
     while progress.step < total:
         epoch, skip = divmod(micro_done, len(loader))
         loader.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch in epoch_loader:
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
             if first:
                 check_batch(batch, accelerator.unwrap_model(model).config)
                 first = False
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
-                if hp["max_grad_norm"] and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, hp["max_grad_norm"])
+                if cfg.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             micro_done += 1
             if not accelerator.sync_gradients:
                 continue
-            scheduler.step()
-            progress.step += 1
-            progress.losses.append(accelerator.reduce(loss.detach(), "mean").item())
-            if accelerator.is_main_process and hp["log_every"] and progress.step % hp["log_every"] == 0:
-                print(f"step {progress.step}/{total} loss {progress.losses[-1]:.4f}", flush=True)
-            if hp["save_every"] and progress.step % hp["save_every"] == 0:
-                accelerator.save_state(str(out / "checkpoints" / f"step_{progress.step}"))
-            if progress.step >= total or (hp["stop_after"] and progress.step >= hp["stop_after"]):
+            _after_step(accelerator, scheduler, progress, loss, cfg, total, out)
+            if progress.step >= total or (cfg.stop_after and progress.step >= cfg.stop_after):
                 break
-        if hp["stop_after"] and progress.step >= hp["stop_after"]:
+        if cfg.stop_after and progress.step >= cfg.stop_after:
             break
     accelerator.wait_for_everyone()
-    finished = progress.step >= total
-    result = {"model": spec.model, "stage": spec.stage, "method": spec.method, "template": template,
-              "steps": progress.step, "total_steps": total, "finished": finished, "losses": progress.losses,
-              "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
-              "num_processes": world, "device": accelerator.device.type, "output_dir": str(out),
-              "hyperparams": {k: v for k, v in hp.items() if k not in ("resume_from", "_fingerprint")},
-              "spec": hp.get("_fingerprint")}
-    result["engine"] = type(model).__name__  # DeepSpeedEngine, DistributedDataParallel, ...
-    result["attention"] = attention  # the attention kernels the run used
-    result["trainable_parameters"] = trainable
-    result["quantized_linears"] = quantized  # bitsandbytes layers in the trained model (QLoRA)
-    # every process takes part: under ZeRO-3 and FSDP this gathers the sharded weights (whole on rank 0)
-    state = accelerator.get_state_dict(model) if finished else None
-    if accelerator.is_main_process:
-        final = out / "final"
-        if finished:
-            unwrapped = accelerator.unwrap_model(model)
-            if method.engine == "fsdp":  # FSDP2 swapped the class for FSDP<name>: save a plain copy
-                unwrapped = _plain_model(unwrapped.config, state)
-            if method.adapter:  # the adapter with its projector, then the merged weights as an ordinary model
-                from ..methods.lora import save_lora
+    return probe.read()
 
-                save_lora(unwrapped, out / "adapter")
-                result["adapter_dir"] = str(out / "adapter")
-                if method.load_kwargs():  # a quantized base: merge into the full-precision base, as one deploys it
-                    from ..models.architectures import load_model
-                    from ..methods.lora import load_lora
 
-                    unwrapped = load_lora(load_model(spec.model), out / "adapter", merge=True)
-                else:
-                    unwrapped = unwrapped.merge_and_unload()
-                state = None
-            unwrapped.save_pretrained(final, state_dict=state, safe_serialization=True)
-            build_processor(unwrapped.config, tokenizer, image_processor=image_processor).save_pretrained(final)
-            result["final_dir"] = str(final)
-            if spec.eval_data:
-                from ..models.architectures import load_model
-                from .evaluate import evaluate
-
-                # Evaluation runs on this process alone. Under DeepSpeed the engine's copy may be sharded (ZeRO-3)
-                # or bf16, so the saved model is loaded whole; and with a ZeRO-3 config registered, transformers'
-                # generate() would wait for the other ranks (synced_gpus) and hang: the config is set aside.
-                # Under FSDP the live model is sharded too (and the plain copy above has no buffers): the same.
-                with _whole_model_construction() if method.engine == "deepspeed" else contextlib.nullcontext():
-                    if method.engine in ("deepspeed", "fsdp"):
-                        unwrapped = load_model(final).to(accelerator.device)
-                    test = load_conversations(spec.eval_data, spec.image_folder)[: hp["eval_max"]]
-                    test_set = ConversationDataset(test, tokenizer, unwrapped.config, template, hp["max_length"],
-                                                   image_processor)
-                    metrics = evaluate(unwrapped, test_set)
-                    test_set.blank_images = True  # the same questions with every image replaced by a blank one
-                    blank = evaluate(unwrapped, test_set)
-                result.update(eval_accuracy=metrics["accuracy"], eval_by_type=metrics["by_type"],
-                              eval_examples=metrics["examples"], eval_blank_accuracy=blank["accuracy"],
-                              eval_blank_by_type=blank["by_type"])
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+def _after_step(accelerator, scheduler, progress, loss, cfg, total: int, out: Path) -> None:
+    scheduler.step()
+    progress.step += 1
+    progress.losses.append(accelerator.reduce(loss.detach(), "mean").item())
+    if accelerator.is_main_process and cfg.log_every and progress.step % cfg.log_every == 0:
+        print(f"step {progress.step}/{total} loss {progress.losses[-1]:.4f}", flush=True)
+    if cfg.save_every and progress.step % cfg.save_every == 0:
+        accelerator.save_state(str(out / "checkpoints" / f"step_{progress.step}"))

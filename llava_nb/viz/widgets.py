@@ -112,7 +112,8 @@ def comparison_widget(model="llava-1.5-7b", gpus=4, micro_batch=1, seq_len=2048,
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
-    from ..memory.estimate import METHODS, estimate_memory
+    from ..memory.estimate import estimate_memory
+    from ..methods.registry import BASE_METHODS
 
     style = {"description_width": "initial"}
     controls = {
@@ -127,7 +128,7 @@ def comparison_widget(model="llava-1.5-7b", gpus=4, micro_batch=1, seq_len=2048,
     def show(gpus, micro_batch, seq_len, gpu_memory):
         from .plotting import plot_memory_breakdown
 
-        ests = {m: estimate_memory(model, m, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len) for m in METHODS}
+        ests = {m: estimate_memory(model, m, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len) for m in BASE_METHODS}
         fig, ax = plt.subplots(figsize=(8.5, 4.2))
         plot_memory_breakdown(ests, ax=ax, gpu_memory_gib=gpu_memory,
                               title=f"{model}, {gpus} GPU(s), micro-batch {micro_batch} x {seq_len}")
