@@ -147,9 +147,10 @@ def _regenerate(args) -> tuple[dict, str]:
         out = write_sample()
         return {"sample": str(out)}, f"wrote the data sample to {out}"
     if args.what == "tokenizer":
+        from .data.synthetic import training_corpus
         from .models.tokenizer import TOKENIZER_DIR, train_tokenizer
 
-        tok = train_tokenizer()
+        tok = train_tokenizer(training_corpus())
         return {"tokenizer": str(TOKENIZER_DIR), "size": len(tok)}, f"saved a {len(tok)}-token tokenizer to {TOKENIZER_DIR}"
     from .training.pretrain import ensure_pretrained_parts
 
@@ -158,20 +159,43 @@ def _regenerate(args) -> tuple[dict, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .methods.counts import ALIASES
-    from .methods.registry import METHODS
-
+    """One sub-command per job; the arithmetic verbs (params, tokens, memory) import no torch."""
     parser = argparse.ArgumentParser(prog="python -m llava_nb", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=PROFILES, help=f"execution profile (overrides ${ENV_VAR})")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("params", help="parameter counts of a model under a training method")
-    p.add_argument("--model", required=True, help="model name or Hugging Face id, e.g. llava-1.5-7b")
-    p.add_argument("--method", default="full", choices=(*ALIASES, *METHODS))
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _params_parser(sub)
     t = sub.add_parser("tokens", help="image tokens one image becomes")
     t.add_argument("--model", required=True)
     t.add_argument("--size", required=True, help="HEIGHTxWIDTH in pixels, e.g. 480x640")
     t.add_argument("--json", action="store_true")
+    tr = _train_parser(sub)
+    g = sub.add_parser("generate", help="answer a question about an image with a trained model")
+    g.add_argument("--model", required=True, help="checkpoint folder (e.g. a run's final/) or Hugging Face id")
+    g.add_argument("--image", required=True)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--template", default=None)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    _memory_parser(sub)
+    w = sub.add_parser("worker")  # internal: one training process of launch()'s fresh-process route
+    w.add_argument("spec")
+    r = sub.add_parser("regenerate", help="retrain a committed artefact")
+    r.add_argument("what", choices=("tokenizer", "parts", "sample"))
+    for p in (tr, g, r):
+        p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _params_parser(sub) -> None:
+    from .methods.counts import ALIASES
+    from .methods.registry import METHODS
+
+    p = sub.add_parser("params", help="parameter counts of a model under a training method")
+    p.add_argument("--model", required=True, help="model name or Hugging Face id, e.g. llava-1.5-7b")
+    p.add_argument("--method", default="full", choices=(*ALIASES, *METHODS))
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _train_parser(sub):
     tr = sub.add_parser("train", help="train a LLaVA (stage 1 or 2); the last line printed is JSON")
     tr.add_argument("--model", required=True, help="tiny name, checkpoint folder or Hugging Face id")
     tr.add_argument("--stage", type=int, choices=(1, 2), required=True)
@@ -193,19 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--save-every", type=int)
     tr.add_argument("--resume-from")
     tr.add_argument("--template", choices=("plain", "vicuna_v1", "mistral_instruct", "chat_template"))
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other hyperparameter")
-    g = sub.add_parser("generate", help="answer a question about an image with a trained model")
-    g.add_argument("--model", required=True, help="checkpoint folder (e.g. a run's final/) or Hugging Face id")
-    g.add_argument("--image", required=True)
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--template", default=None)
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    from .memory.estimate import ACCOUNTINGS, DEFAULT_HEADROOM, H100_80GB_GIB
-    from .memory.estimate import METHODS as MEMORY_METHODS
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting of TrainConfig")
+    return tr
 
-    m = sub.add_parser("memory", help="GPU memory of training stage 2 with a method: breakdown, verdict, largest batch")
+
+def _memory_parser(sub) -> None:
+    from .memory.estimate import ACCOUNTINGS, DEFAULT_HEADROOM, H100_80GB_GIB
+    from .methods.registry import METHODS
+
+    m = sub.add_parser("memory", help="GPU memory of training with a method: breakdown, verdict, largest batch")
     m.add_argument("--model", required=True)
-    m.add_argument("--method", required=True, choices=MEMORY_METHODS)
+    m.add_argument("--method", required=True, choices=METHODS)
     m.add_argument("--gpus", type=int, default=1)
     m.add_argument("--micro-batch", type=int, default=1)
     m.add_argument("--seq-len", type=int, default=2048, help="tokens per sample, image tokens included")
@@ -216,13 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM, help="fraction kept free for the allocator")
     m.add_argument("--accounting", choices=ACCOUNTINGS, default="measured")
     m.add_argument("--json", action="store_true")
-    w = sub.add_parser("worker")  # internal: one training process of launch()'s fresh-process route
-    w.add_argument("spec")
-    r = sub.add_parser("regenerate", help="retrain a committed artefact")
-    r.add_argument("what", choices=("tokenizer", "parts", "sample"))
-    for p in (tr, g, r):
-        p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
-    return parser
 
 
 def main(argv=None) -> int:

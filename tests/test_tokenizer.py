@@ -2,6 +2,7 @@ import json
 
 import llava_nb
 from llava_nb.paths import TOKENIZER_DIR
+from llava_nb.data.synthetic import training_corpus
 from llava_nb.models.tokenizer import IMAGE_TOKEN, train_tokenizer
 
 
@@ -28,7 +29,7 @@ def test_model_vocab_matches_tokenizer():
 
 
 def test_committed_tokenizer_is_reproducible(tmp_path):
-    train_tokenizer(tmp_path)
+    train_tokenizer(training_corpus(), tmp_path)
     fresh = json.loads((tmp_path / "tokenizer.json").read_text())
     committed = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text())
     assert fresh["model"]["vocab"] == committed["model"]["vocab"]

@@ -223,3 +223,14 @@ def write_sample(out_dir: Path | str | None = None) -> Path:
     generate(out, n_images=6, n_test=5, seed=0, sizes="square")
     generate(out / "anyres", n_images=4, n_test=2, seed=0, sizes="anyres")
     return out
+
+
+def training_corpus(seed: int = 0) -> list[str]:
+    """The tiny tokenizer's deterministic corpus: the synthetic data's captions, questions and answers, and the
+    templates' fixed text."""
+    from ..models.templates import VICUNA_SYSTEM
+
+    fixed = [VICUNA_SYSTEM, "USER: ASSISTANT:", "[INST] [/INST]", SHORT_ANSWER_PROMPT,
+             "Describe the image briefly. Give a short caption. What is in the picture?"]
+    words = [" ".join(w) for w in (sorted(COLOURS), SHAPES, POSITIONS, COUNT_WORDS)]
+    return fixed * 20 + words * 20 + text_corpus(n=3000, seed=seed)

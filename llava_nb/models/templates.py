@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ImageTokenMismatchError, LlavaNbError
-from .tokenizer import IMAGE_TOKEN
+#: the placeholder a prompt carries where the image goes (one special token of every tokenizer here)
+IMAGE_TOKEN = "<image>"
 
 VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")

@@ -1,7 +1,8 @@
 """The tiny models' tokenizer: a byte-level BPE trained locally with 🤗 ``tokenizers``.
 
 Nothing can be downloaded here, so the tiny world has its own tokenizer. It is trained on a deterministic corpus
-of the book's synthetic data (captions, questions, answers) and the conversation templates' fixed text, and saved
+of the book's synthetic data (captions, questions, answers) and the conversation templates' fixed text
+(``data.synthetic.training_corpus``), and saved
 under ``data/tokenizer`` with a Vicuna-style chat template. Byte-level BPE means any text still tokenizes: unseen words just
 take more tokens.
 
@@ -13,24 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..paths import TOKENIZER_DIR
+from .templates import IMAGE_TOKEN, TINY_CHAT_TEMPLATE
 
-IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 VOCAB_SIZE = 1024
 
-def training_corpus(seed: int = 0) -> list[str]:
-    """A deterministic corpus: the synthetic data's captions, questions and answers, and the templates' fixed text."""
-    from ..data.synthetic import COLOURS, COUNT_WORDS, POSITIONS, SHAPES, SHORT_ANSWER_PROMPT, text_corpus
-    from .templates import VICUNA_SYSTEM
-
-    fixed = [VICUNA_SYSTEM, "USER: ASSISTANT:", "[INST] [/INST]", SHORT_ANSWER_PROMPT,
-             "Describe the image briefly. Give a short caption. What is in the picture?"]
-    words = [" ".join(w) for w in (sorted(COLOURS), SHAPES, POSITIONS, COUNT_WORDS)]
-    return fixed * 20 + words * 20 + text_corpus(n=3000, seed=seed)
-
-
-def train_tokenizer(out_dir: Path | str = TOKENIZER_DIR, vocab_size: int = VOCAB_SIZE):
-    """Train the byte-level BPE tokenizer and save it as a transformers tokenizer in ``out_dir``.
+def train_tokenizer(corpus: list[str], out_dir: Path | str = TOKENIZER_DIR, vocab_size: int = VOCAB_SIZE):
+    """Train the byte-level BPE tokenizer on ``corpus`` (the tiny world's: ``data.synthetic.training_corpus``) and
+    save it as a transformers tokenizer in ``out_dir``.
 
     The tokenizer prepends ``<s>`` like Llama's and keeps ``<image>`` as one special token.
     """
@@ -46,9 +37,7 @@ def train_tokenizer(out_dir: Path | str = TOKENIZER_DIR, vocab_size: int = VOCAB
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(training_corpus(), trainer=trainer)
-    from .templates import TINY_CHAT_TEMPLATE
-
+    tok.train_from_iterator(corpus, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
