@@ -16,6 +16,17 @@
 * DeepSpeed logs "Setting accelerator to CPU" whenever it is imported without a GPU (transformers and Accelerate
   import it when it is installed). Without CUDA we name the CPU accelerator explicitly (``DS_ACCELERATOR=cpu``),
   which is what that warning asks for; a reader's own setting wins.
+* DeepSpeed 0.19 on the CPU accelerator probes *every* op it knows the first time a process sets up its
+  communication backend (``TorchBackend`` -> ``build_shm_op`` reads ``deepspeed.ops.__compatible_ops__``), although it
+  only asks about its shared-memory all-reduce. The async_io probe compiles and links a test program with ``-laio``
+  (``AsyncIOBuilder.is_compatible`` -> ``has_function``); without libaio the linker prints "cannot find -laio". The
+  probe means to hide that by pointing ``sys.stderr.fileno()`` at a file, but in a Jupyter kernel, and in the workers
+  ``notebook_launcher`` forks from it, that is a copy of the original stderr, not fd 2 where the linker writes: the
+  messages reach the cell's stderr and the build log, twice per ZeRO run. DeepSpeed has no setting for it
+  (``DS_BUILD_AIO`` is read only by its setup.py, at install). ``deepspeed_probes_only_the_ops_it_uses`` gives that
+  table its entries on first use instead, so the shared-memory op is probed (a platform check, no compiler) and
+  async_io, which nothing here uses, never is (ZeRO offloads to CPU memory, not NVMe). ``launch()`` calls it before
+  it starts DeepSpeed workers without CUDA. Drop it once DeepSpeed probes only the ops it is asked about.
 """
 
 import logging
@@ -44,3 +55,31 @@ def silence_known_warnings() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+def deepspeed_probes_only_the_ops_it_uses() -> None:
+    """Make ``deepspeed.ops.__compatible_ops__`` (see the module docstring) probe each op when it is first asked
+    about, instead of every op at once. A no-op once the table exists (probed, or set by this function)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # as silence_known_warnings, before deepspeed picks one
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.all_ops import ALL_OPS
+    from deepspeed.ops.op_builder.builder import probe_is_compatible
+
+    if "__compatible_ops__" in vars(deepspeed.ops):
+        return
+
+    class ProbedOnFirstUse(dict):
+        """DeepSpeed's table of compatible ops, each op probed (``probe_is_compatible``) when first asked about."""
+
+        def __missing__(self, name):
+            self[name] = name in ALL_OPS and bool(probe_is_compatible(ALL_OPS[name]))
+            return self[name]
+
+        def get(self, name, default=None):
+            return self[name] if name in self or name in ALL_OPS else default
+
+    deepspeed.ops.__compatible_ops__ = ProbedOnFirstUse(deepspeed_not_implemented=False)
+
