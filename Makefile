@@ -52,7 +52,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-# Execute every chapter (cached) and build the HTML book into _build/html; warnings are errors.
+# Execute every chapter (cached) and build the HTML book into _build/html; warnings are errors. The cache
+# (_build/.jupyter_cache) also holds the chapters `make test` (notebooks) executed: after it, only chapters whose code
+# changed since are executed again.
 book: venv
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 
@@ -63,10 +65,12 @@ test: unit notebooks built-book browser
 unit: venv
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
 
-# nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite).
+# nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite); then
+# every chapter that ran to its end goes into Jupyter Book's execution cache, for `make book` (even when another failed).
 notebooks: venv
-	$(PY) book/_ext/book_build.py $(EXECUTED) > /dev/null
-	$(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb
+	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
+	$(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
+		status=$$?; $(PY) book/_ext/book_build.py cache $(EXECUTED) && exit $$status
 
 built-book: venv
 	$(VENV)/bin/jupyter-book build $(EXECUTED) --warningiserror --nitpick --keep-going

@@ -100,3 +100,68 @@ def test_the_sphinx_hook_turns_a_placeholder_into_a_config_error():
     with pytest.raises(ConfigError, match="placeholder repository"):
         _check_config(None, placeholder)
     _check_config(None, SimpleNamespace(html_theme_options={"launch_buttons": {"binderhub_url": ""}}))
+
+
+def _chapter(path, *sources, kernel="python3"):
+    """A notebook of a title and one code cell per source, as the book's chapters are."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A chapter"),
+                                         *(nbformat.v4.new_code_cell(s) for s in sources)])
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def _run_like_nbmake(path):
+    """Execute ``path`` in place as ``pytest --nbmake --overwrite`` does (nbclient, cell timings recorded)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(str(path), as_version=4)
+    NotebookClient(nb, timeout=60, record_timing=True).execute(cwd=str(path.parent))
+    nbformat.write(nb, str(path))
+
+
+def test_executed_chapters_become_cache_hits_for_jupyter_book_unless_their_code_changed(tmp_path):
+    """What `make test` executed is what `make book` finds in its cache: the lookup myst-nb makes for the chapter in
+    book/ (jupyter-cache's match on the notebook as nbformat reads it) hits for an unchanged chapter, with the outputs
+    of the run; it misses for a chapter whose code changed after the run; a chapter edited while nbmake ran it, or
+    whose run stopped early, is not cached at all."""
+    import nbformat
+    from jupyter_cache import get_cache
+
+    from book_build import cache_executed, execution_cache
+
+    root = tmp_path / "root"
+    (root / "book").mkdir(parents=True)
+    (root / "_config.yml").write_text("execute:\n  execute_notebooks: cache\n  cache: _build/.jupyter_cache\n")
+    names = ("same", "edited_later", "edited_before", "failed")
+    executed = tmp_path / "executed"
+    for name in names:  # jupyter-cache stores code, not files: each chapter has its own
+        _chapter(root / "book" / f"{name}.ipynb", f"x = {len(name)} * 7", "print(x)")
+        _chapter(executed / "book" / f"{name}.ipynb", f"x = {len(name)} * 7", "print(x)")
+    _chapter(root / "book" / "edited_before.ipynb", "x = 13 * 7", "print(x + 1)")  # edited while nbmake ran
+    for name in ("same", "edited_later", "edited_before"):
+        _run_like_nbmake(executed / "book" / f"{name}.ipynb")
+    nb = nbformat.read(str(executed / "book" / "failed.ipynb"), as_version=4)
+    nb.cells[1].execution_count = 1  # ran the first cell, then stopped
+    nbformat.write(nb, str(executed / "book" / "failed.ipynb"))
+
+    report = cache_executed(executed, root=root)
+    assert report == {
+        "edited_before.ipynb": "its code changed since it was executed", "edited_later.ipynb": "cached",
+        "failed.ipynb": "code cell 1 was not executed (the run stopped before it)", "same.ipynb": "cached"}
+    _chapter(root / "book" / "edited_later.ipynb", "x = 12 * 7", "print(x)  # edited after `make test`")
+
+    cache = get_cache(str(execution_cache(root)))
+    assert execution_cache(root) == root / "_build" / ".jupyter_cache"
+    as_myst_nb_reads = lambda name: nbformat.reads((root / "book" / name).read_text(), as_version=4)  # noqa: E731
+    cache.match_cache_notebook(as_myst_nb_reads("same.ipynb"))  # a hit: no KeyError
+    _, merged = cache.merge_match_into_notebook(as_myst_nb_reads("same.ipynb"))
+    assert merged.cells[2].outputs[0]["text"] == "28\n" and merged.cells[0].source == "# A chapter"
+    for changed in ("edited_later.ipynb", "edited_before.ipynb", "failed.ipynb"):
+        with pytest.raises(KeyError):
+            cache.match_cache_notebook(as_myst_nb_reads(changed))
+    assert len(cache.list_cache_records()) == 2

@@ -2,7 +2,10 @@
 
 ``make test`` executes every chapter once, under ``pytest --nbmake --overwrite`` on copies made by
 ``executed_copy``, then builds the HTML book from those copies with execution off, and runs the browser test on it.
-``make book`` (a reader's build) executes through Jupyter Book's cache instead.
+``make book`` (a reader's build) executes through Jupyter Book's cache (jupyter-cache, ``_config.yml``:
+``execute.cache``). There is one execution: ``cache_executed`` adds the chapters nbmake executed to that cache, under
+the key Jupyter Book looks them up by, so that ``make book`` after ``make test`` executes only the chapters whose code
+changed since.
 
 As a Sphinx extension (``_config.yml``: ``sphinx.local_extensions``) this module refuses a build whose launch or
 repository buttons would point at a placeholder repository (Jupyter Book's default URL is its own repository).
@@ -10,8 +13,10 @@ repository buttons would point at a placeholder repository (Jupyter Book's defau
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +78,97 @@ def executed_copy(dest: Path, root: Path = REPO_ROOT) -> list[Path]:
     return sorted((dest / "book").glob("*.ipynb"))
 
 
-if __name__ == "__main__":
-    import sys
+def execution_cache(root: Path = REPO_ROOT) -> Path:
+    """The jupyter-cache folder that ``jupyter-book build`` (run in ``root``) uses: ``_config.yml``'s
+    ``execute.cache``, else myst-nb's default beside the HTML (``_build/.jupyter_cache``)."""
+    import yaml
 
-    print(" ".join(str(p) for p in executed_copy(Path(sys.argv[1]))))
+    config = yaml.safe_load((Path(root) / "_config.yml").read_text())
+    return Path(root) / ((config.get("execute") or {}).get("cache") or "_build/.jupyter_cache")
+
+
+def _unexecuted(cell) -> dict:
+    """A code cell as jupyter-cache hashes it (source and metadata), less the timings nbclient adds when it runs."""
+    return {"source": cell.source, "metadata": {k: v for k, v in cell.metadata.items() if k != "execution"}}
+
+
+def with_outputs(source, executed):
+    """``source`` (a chapter as Jupyter Book reads it) with the outputs of ``executed`` (the same chapter after
+    nbmake ran it), or a string saying why not: its code changed since, or the run did not reach its end."""
+    code = [c for c in source.cells if c.cell_type == "code"]
+    ran = [c for c in executed.cells if c.cell_type == "code"]
+    if [_unexecuted(c) for c in code] != [_unexecuted(c) for c in ran]:
+        return "its code changed since it was executed"
+    if not any(cell.get("execution_count") for cell in ran):
+        return "not executed"
+    for i, cell in enumerate(ran):
+        if cell.source.strip() and cell.get("execution_count") is None:
+            return f"code cell {i} was not executed (the run stopped before it)"
+        if any(o.output_type == "error" for o in cell.outputs) and \
+                "raises-exception" not in cell.metadata.get("tags", []):
+            return f"code cell {i} failed"
+    merged = copy.deepcopy(source)
+    for cell, done in zip((c for c in merged.cells if c.cell_type == "code"), ran):
+        cell.outputs, cell.execution_count = copy.deepcopy(done.outputs), done.execution_count
+    for key in ("language_info", "widgets"):  # what Jupyter Book takes from a cached notebook besides its cells
+        if key in executed.metadata:
+            merged.metadata[key] = copy.deepcopy(executed.metadata[key])
+    return merged
+
+
+def _seconds(nb) -> float | None:
+    """How long the run took, from nbclient's cell timings (first input to last reply)."""
+    times = [datetime.fromisoformat(t.replace("Z", "+00:00")) for c in nb.cells if c.cell_type == "code"
+             for k, t in (c.metadata.get("execution") or {}).items() if k in ("iopub.execute_input",
+                                                                            "shell.execute_reply")]
+    return round((max(times) - min(times)).total_seconds(), 2) if times else None
+
+
+def cache_executed(executed: Path, root: Path = REPO_ROOT, cache: Path | None = None) -> dict[str, str]:
+    """Add each chapter of ``executed/book`` (a copy by ``executed_copy`` that nbmake ran with ``--overwrite``) to
+    Jupyter Book's execution cache, as the outputs of the same chapter in ``root/book``.
+
+    jupyter-cache keys a notebook by the hash of its code cells (source and metadata) and its kernelspec, and
+    myst-nb looks a chapter up by the notebook it reads from ``root/book``: the outputs are therefore stored on that
+    notebook, not on the executed file (whose cells carry nbclient's timings). A chapter is left out, and then
+    executed by ``jupyter-book build``, when its code in ``root/book`` differs from what nbmake ran, or when the run
+    failed or stopped early. Returns what happened to each chapter ("cached" or why not).
+    """
+    import nbformat
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    db = get_cache(str(cache or execution_cache(root)))
+    report = {}
+    for ran in sorted((Path(executed) / "book").glob("*.ipynb")):
+        source_path = Path(root) / "book" / ran.name
+        if not source_path.exists():
+            report[ran.name] = "no such chapter in the book"
+            continue
+        executed_nb = nbformat.read(str(ran), as_version=4)
+        merged = with_outputs(nbformat.read(str(source_path), as_version=4), executed_nb)  # as myst-nb reads it
+        if isinstance(merged, str):
+            report[ran.name] = merged
+            continue
+        db.cache_notebook_bundle(CacheBundleIn(merged, str(source_path.resolve()),
+                                               data={"execution_seconds": _seconds(executed_nb)}),
+                                 check_validity=False, overwrite=True)
+        report[ran.name] = "cached"
+    return report
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("copy", help="copy the book for nbmake, execution off; prints the chapters").add_argument(
+        "dest", type=Path)
+    commands.add_parser("cache", help="add the chapters nbmake executed to Jupyter Book's cache").add_argument(
+        "executed", type=Path)
+    args = parser.parse_args()
+    if args.command == "copy":
+        print(" ".join(str(p) for p in executed_copy(args.dest)))
+    else:
+        for chapter, what in cache_executed(args.executed).items():
+            print(f"{chapter}: {what}")
