@@ -101,6 +101,19 @@ def _memory(args) -> tuple[dict, str]:
     return result, "\n".join([head, _table(rows), *tail])
 
 
+def _plan(args) -> tuple[dict, str]:
+    from .models.specs import resolve_name
+    from .training.plan import make_plan
+
+    plan = make_plan(resolve_name(args.model), args.method, gpus=args.gpus, gpu_memory_gib=args.gpu_memory,
+                     global_batch=args.batch_size, seq_len=args.seq_len, headroom=args.headroom,
+                     grad_checkpointing=not args.no_grad_checkpointing, micro_batch=args.micro_batch)
+    if not plan.fits:
+        print(f"warning: micro-batch {plan.micro_batch} does not fit (peak {plan.peak_gib:.1f} GiB); the calculator's "
+              f"largest is {plan.largest_that_fits}", file=sys.stderr)
+    return plan.as_dict(), plan.summary()
+
+
 def _value(text: str):
     """Parse a --set value: int, float, bool, None or string."""
     for cast in (int, float):
@@ -176,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--template", default=None)
     g.add_argument("--max-new-tokens", type=int, default=32)
     _memory_parser(sub)
+    _plan_parser(sub)
     w = sub.add_parser("worker")  # internal: one training process of launch()'s fresh-process route
     w.add_argument("spec")
     r = sub.add_parser("regenerate", help="retrain a committed artefact")
@@ -221,6 +235,23 @@ def _train_parser(sub):
     return tr
 
 
+def _plan_parser(sub) -> None:
+    from .memory.estimate import DEFAULT_HEADROOM, H100_80GB_GIB
+    from .methods.registry import METHODS
+
+    p = sub.add_parser("plan", help="the micro-batch and accumulation a run would use, and its predicted memory")
+    p.add_argument("--model", required=True)
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--gpu-memory", type=float, default=H100_80GB_GIB, help="GiB per GPU")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (LLaVA-1.5's stage 2: 128)")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--micro-batch", type=int, help="override the calculator's choice")
+    p.add_argument("--no-grad-checkpointing", action="store_true")
+    p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM)
+    p.add_argument("--json", action="store_true")
+
+
 def _memory_parser(sub) -> None:
     from .memory.estimate import ACCOUNTINGS, DEFAULT_HEADROOM, H100_80GB_GIB
     from .methods.registry import METHODS
@@ -255,7 +286,7 @@ def main(argv=None) -> int:
         return 0
     try:
         handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,
-                   "regenerate": _regenerate, "memory": _memory}[args.command]
+                   "regenerate": _regenerate, "memory": _memory, "plan": _plan}[args.command]
         result, text = handler(args)
     except LlavaNbError as err:
         print(f"error: {err}", file=sys.stderr)

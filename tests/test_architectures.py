@@ -138,7 +138,7 @@ def test_committed_vit_patch_features_say_where_they_are():
 
     from llava_nb.models.architectures import clip_config
     from llava_nb.models.specs import tiny_vit
-    from llava_nb.training.pretrain import position_probe
+    from llava_nb.training.tiny_vit import position_probe
 
     trained = position_probe(n_images=300)
     assert trained["own_quadrant"] > 0.95 and trained["occupied"] > 0.95

@@ -353,7 +353,7 @@ def test_pretraining_in_a_child_keeps_the_process_fork_clean(tmp_path):
 
     from safetensors.torch import load_file
 
-    from llava_nb.training.pretrain import pretrain_vision
+    from llava_nb.training.tiny_vit import pretrain_vision
 
     code = ("import sys; from llava_nb.training.pretrain import _train_in_child; "
             f"_train_in_child('pretrain_vision', out_dir={str(tmp_path / 'child')!r}, steps=3, batch_size=8); "
