@@ -114,6 +114,14 @@ def _plan(args) -> tuple[dict, str]:
     return plan.as_dict(), plan.summary()
 
 
+def _make_checkpoint(args) -> tuple[dict, str]:
+    from .models.standin import check_standin, make_checkpoint
+
+    check_standin(args.like, args.out)  # a bad name or a folder in use fails before torch is imported
+    out = make_checkpoint(args.like, args.out, seed=args.seed)
+    return {"like": args.like, "out": str(out)}, f"wrote a random-weight {args.like} to {out}"
+
+
 def _value(text: str):
     """Parse a --set value: int, float, bool, None or string."""
     for cast in (int, float):
@@ -190,11 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     _memory_parser(sub)
     _plan_parser(sub)
+    mk = sub.add_parser("make-checkpoint", help="write a full-size random-weight checkpoint in the llava-hf format")
+    mk.add_argument("--like", required=True, help="the model it stands in for, e.g. llava-1.5-7b")
+    mk.add_argument("--out", required=True, help="a new or empty folder")
+    mk.add_argument("--seed", type=int, default=0)
     w = sub.add_parser("worker")  # internal: one training process of launch()'s fresh-process route
     w.add_argument("spec")
     r = sub.add_parser("regenerate", help="retrain a committed artefact")
     r.add_argument("what", choices=("tokenizer", "parts", "sample"))
-    for p in (tr, g, r):
+    for p in (tr, g, r, mk):
         p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -286,7 +298,8 @@ def main(argv=None) -> int:
         return 0
     try:
         handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,
-                   "regenerate": _regenerate, "memory": _memory, "plan": _plan}[args.command]
+                   "regenerate": _regenerate, "memory": _memory, "plan": _plan,
+                   "make-checkpoint": _make_checkpoint}[args.command]
         result, text = handler(args)
     except LlavaNbError as err:
         print(f"error: {err}", file=sys.stderr)
