@@ -225,8 +225,9 @@ def _train_parser(sub):
     tr = sub.add_parser("train", help="train a LLaVA (stage 1 or 2); the last line printed is JSON")
     tr.add_argument("--model", required=True, help="tiny name, checkpoint folder or Hugging Face id")
     tr.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    tr.add_argument("--method", default="ddp", help="an engine (ddp, zero1, zero2, zero3, zero3-offload, fsdp), a "
-                    "shorthand (lora, qlora) or ENGINE+ADAPTER (e.g. zero3+lora)")
+    tr.add_argument("--method", help="an engine (ddp, zero1, zero2, zero3, zero3-offload, fsdp), a shorthand (lora, "
+                    "qlora) or ENGINE+ADAPTER (e.g. zero3+lora); default: ddp for tiny models, LLaVA's zero2 (stage 1) "
+                    "or zero3 (stage 2) for real checkpoints")
     tr.add_argument("--adapter", choices=("none", "lora", "qlora"), help="compose an adapter with --method's engine")
     tr.add_argument("--num-processes", type=int, help="default: every GPU, or 2 CPU processes")
     tr.add_argument("--data", help="LLaVA-format JSON (default for tiny models: the synthetic set)")

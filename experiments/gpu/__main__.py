@@ -13,7 +13,7 @@ import importlib
 
 #: the sub-commands, each a module of this package named after the data file it writes
 EXPERIMENTS = ("engines_gpu", "memory_gpu", "paged_probe", "peft_gpu", "sweep_compute", "sweep_data", "sweep_recipe",
-               "sweep_stage2", "tiny_pipeline_gpus")
+               "sweep_stage2", "tiny_pipeline_gpus", "train_full")
 
 
 def summary(module) -> str:

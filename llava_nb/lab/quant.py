@@ -133,7 +133,8 @@ def linear4bit_timing(in_features: int = 4096, out_features: int = 11008, tokens
 
 def hidden_state_dtypes(model, seq_len: int = 60) -> dict:
     """The dtype of what enters the first decoder layer's attention and MLP, the last decoder layer, and ``lm_head``
-    during one training-mode forward of a synthetic batch (forward pre-hooks; a peft model is looked through).
+    during one training-mode forward of a synthetic batch under bf16 autocast (forward pre-hooks; a peft model is
+    looked through).
 
     After peft's ``prepare_model_for_kbit_training`` the RMSNorm weights are fp32, and Llama's RMSNorm returns
     ``weight * normalized.to(input_dtype)``, so from the first norm on the hidden states are fp32."""
@@ -154,8 +155,11 @@ def hidden_state_dtypes(model, seq_len: int = 60) -> dict:
     hooks = [m.register_forward_pre_hook(record(n), with_kwargs=True) for n, m in points.items()]
     try:
         model.train()
-        batch = synthetic_batch(base.config, 1, seq_len, next(base.parameters()).device, dtype=torch.bfloat16)
-        with torch.no_grad():
+        device = next(base.parameters()).device
+        batch = synthetic_batch(base.config, 1, seq_len, device, dtype=torch.bfloat16)
+        # under bf16 autocast, as train() runs with mixed_precision="bf16" (a LoRA base in bf16 feeds peft's fp32
+        # copy of the projector, which only autocast reconciles)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             model(**batch, use_cache=False)
     finally:
         for h in hooks:

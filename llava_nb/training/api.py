@@ -26,9 +26,9 @@ from pathlib import Path
 
 from ..errors import LlavaNbError
 from ..paths import CACHE_DIR
-from .config import TrainConfig, TrainSpec
+from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
-from .loading import tiny_name
+from .loading import _model_config, tiny_name
 
 
 class TrainingError(RuntimeError):
@@ -56,14 +56,16 @@ def default_output_dir(model: str, stage: int, method: str, seed: int) -> Path:
     return CACHE_DIR / "runs" / f"{slug}-stage{stage}-{method}-seed{seed}"
 
 
-def train(model, stage, method: str = "ddp", data=None, image_folder=None, output_dir=None, seed: int = 0,
+def train(model, stage, method: str | None = None, data=None, image_folder=None, output_dir=None, seed: int = 0,
           adapter: str | None = None, config: TrainConfig | None = None, **settings) -> dict:
     """Train a LLaVA model for one of LLaVA's stages and return the run's results.
 
     ``model``: a tiny name (starts from the pretrained tiny ViT and LLM), a checkpoint folder (e.g. a stage-1
     output) or a Hugging Face id. ``stage``: 1 (projector only) or 2 (projector + LLM). ``method``: a name from
-    ``llava_nb.methods`` ("ddp", "zero3", "fsdp", "lora", "zero3+lora", ...); ``adapter`` composes one with an
-    engine. ``data``/``image_folder``: a LLaVA-format JSON and its images; default, for tiny models, the synthetic
+    ``llava_nb.methods`` ("ddp", "zero3", "fsdp", "lora", "zero3+lora", ...); default ``ddp`` for tiny models and
+    LLaVA's own for real checkpoints (ZeRO-2 for stage 1, ZeRO-3 for stage 2); ``adapter`` composes one with an
+    engine. On GPUs, a real checkpoint's micro-batch comes from a plan (``training.plan``): the largest the memory
+    calculator fits, with the accumulation that keeps the global batch; the plan is printed and recorded. ``data``/``image_folder``: a LLaVA-format JSON and its images; default, for tiny models, the synthetic
     set. Asked for stage 2 of a tiny name, ``train`` first runs (or reuses) stage 1. Settings default to the tiny
     recipe for tiny models and to LLaVA-1.5's recipe otherwise (``TrainConfig.recipe``); ``config`` replaces the
     recipe, and any ``TrainConfig`` field can be given as a keyword.
@@ -76,12 +78,17 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if stage not in (1, 2, "1", "2"):
         raise LlavaNbError(f"stage must be 1 or 2, got {stage!r}")
     stage = int(stage)
-    chosen = get_method(method, adapter).for_stage(stage)  # fails before any work on an unknown method
     model = str(model)
     tiny = tiny_name(model)
+    if method is None:
+        method = TINY_METHOD if tiny else FULL_METHODS[stage]
+    chosen = get_method(method, adapter).for_stage(stage)  # fails before any work on an unknown method
     eval_data = settings.pop("eval_data", None)
     cfg = _config(config, settings, bool(tiny), stage, chosen)
     processes = cfg.num_processes or default_num_processes()
+    plan = None if tiny else _plan(model, chosen, cfg, processes)
+    if plan is not None and cfg.micro_batch is None and cfg.gradient_accumulation_steps is None:
+        cfg = _with(cfg, micro_batch=plan.micro_batch)
     cfg.batch_split(processes)  # a batch that cannot be split fails here, before any process starts
     if data is None:
         if not tiny:
@@ -111,6 +118,8 @@ def train(model, stage, method: str = "ddp", data=None, image_folder=None, outpu
     if previous:
         return previous
     result = _launch_and_collect(spec, processes)
+    if plan is not None:
+        result["plan"] = plan.as_dict()
     result["seconds_total"] = round(time.perf_counter() - start, 1)
     if prior:
         result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir", "cached")}
@@ -125,6 +134,33 @@ def _config(config: TrainConfig | None, settings: dict, tiny: bool, stage: int, 
     if config is None:
         return TrainConfig.recipe(tiny, stage, method.adapter.name != "none", **settings)
     return dataclasses.replace(config, **settings)
+
+
+def _with(cfg: TrainConfig, **changes) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def _plan(model: str, method, cfg: TrainConfig, processes: int):
+    """The plan for a real checkpoint on GPUs (``training.plan``), printed; None on a CPU without
+    ``gpu_memory_gib``. Nothing fits: a ``PlanError`` naming what would, before any weights load."""
+    from .launch import gpu_memory_gib
+    from .plan import make_plan
+
+    memory = cfg.gpu_memory_gib or gpu_memory_gib()
+    if memory is None or method.stage != 2:
+        return None
+    plan = make_plan(_model_config(model), method.name, gpus=processes, gpu_memory_gib=memory,
+                     global_batch=cfg.batch_size, seq_len=cfg.max_length,
+                     grad_checkpointing=cfg.gradient_checkpointing, micro_batch=cfg.micro_batch)
+    print(plan.summary(), flush=True)
+    if not plan.fits:
+        import warnings
+
+        warnings.warn(f"micro-batch {plan.micro_batch} is predicted not to fit (peak {plan.peak_gib:.1f} GiB of "
+                      f"{memory:g} GiB); the calculator's largest is {plan.largest_that_fits}", stacklevel=3)
+    return plan
 
 
 def _fingerprint(spec: TrainSpec) -> dict:

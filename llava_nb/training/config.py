@@ -42,12 +42,27 @@ TINY_HYPERPARAMS = {
 #: fp32 SDPA is the faster attention on a CPU (``bench step-time``), so they keep the default.
 TINY_LORA = dict(lr=2e-3, epochs=6, weight_decay=0.0, mixed_precision="no", attn_implementation=None, lora_r=16,
                  lora_alpha=32)
-#: LLaVA-1.5's recipe (scripts/v1_5/pretrain.sh, finetune.sh), for real checkpoints. finetune.sh's
+#: LLaVA-1.5's recipe for real checkpoints, from haotian-liu/LLaVA@c121f04 scripts/v1_5/pretrain.sh (stage 1) and
+#: finetune.sh (stage 2), flag by flag:
+#: lr: pretrain.sh:25 --learning_rate 1e-3, finetune.sh:27 2e-5; batch_size (global): 32 per GPU x 8 GPUs
+#: (pretrain.sh:18) = 256, 16 x 8 (finetune.sh:20) = 128; epochs: 1 (pretrain.sh:17, finetune.sh:19);
+#: max_length: 2048 (pretrain.sh:31, finetune.sh:33); warmup_ratio 0.03 and weight decay 0 (pretrain.sh:26-27,
+#: finetune.sh:28-29); cosine schedule (pretrain.sh:28, finetune.sh:30); bf16 (pretrain.sh:15, finetune.sh:17); tf32
+#: (pretrain.sh:30, finetune.sh:32); gradient checkpointing (pretrain.sh:32, finetune.sh:34). finetune.sh:16's
 #: --group_by_modality_length groups samples by length (and image/text-only); ``group_by_length`` does the first.
 FULL_HYPERPARAMS = {
-    1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03),
-    2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03, group_by_length=True),
+    1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03, mixed_precision="bf16",
+            tf32=True, gradient_checkpointing=True),
+    2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03, group_by_length=True,
+            mixed_precision="bf16", tf32=True, gradient_checkpointing=True),
 }
+#: LLaVA-1.5's engines for real checkpoints: ZeRO-2 for stage 1 (pretrain.sh:4 --deepspeed ./scripts/zero2.json),
+#: ZeRO-3 for stage 2 (finetune.sh:4 --deepspeed ./scripts/zero3.json; finetune_lora.sh:5 runs LoRA on it too).
+FULL_METHODS = {1: "zero2", 2: "zero3"}
+#: tiny models: torch DDP over 2 CPU processes (or every GPU)
+TINY_METHOD = "ddp"
+
+
 class ConfigError(LlavaNbError):
     """A training setting of the wrong type or out of range."""
 
@@ -65,6 +80,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     mixed_precision: str = "no"  # "no" or "bf16" (autocast; DeepSpeed's bf16; FSDP2's bf16 compute)
+    tf32: bool = False  # TensorFloat-32 matrix products for what stays fp32, on GPUs that have it
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None  # None: the model's own ("sdpa"); "eager"
     group_by_length: bool = False
@@ -81,6 +97,7 @@ class TrainConfig:
     stop_after: int | None = None
     resume_from: str | None = None
     num_processes: int | None = None  # None: every GPU, or 2 CPU processes
+    gpu_memory_gib: float | None = None  # per GPU, for the plan (None: read from the GPU; no plan on a CPU)
     eval_max: int = 300
     n_images: int = 3000  # the synthetic set (tiny models)
     n_test: int = 300

@@ -17,6 +17,23 @@ def _in_distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
 
 
+def gpu_memory_gib() -> float | None:
+    """Memory of the first GPU in GiB (what ``torch.cuda.get_device_properties().total_memory`` reports), read from
+    NVML through ``nvidia-smi`` so that this process does not initialise CUDA (which would forbid forking workers);
+    None without GPUs."""
+    import shutil
+    import subprocess
+
+    if not torch.cuda.is_available() or shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True)
+    try:
+        return float(out.stdout.split()[0]) / 1024  # MiB
+    except (IndexError, ValueError):
+        return None
+
+
 def default_num_processes() -> int:
     """Every GPU where there are GPUs (without initialising CUDA in this process), else 2 CPU processes."""
     return torch.cuda.device_count() if torch.cuda.is_available() else 2
@@ -31,10 +48,14 @@ def _launch_fresh_processes(spec: TrainSpec, num_processes: int) -> None:
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     spec_file.write_text(json.dumps(spec.to_json()))
     try:
-        subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                        str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "--main_process_port", str(free_port()), "-m", "llava_nb", "worker", str(spec_file)],
-                       check=True)
+        worker = ["-m", "llava_nb", "worker", str(spec_file)]
+        if num_processes == 1:  # accelerate launch wants 2 or more for --multi_gpu; torchrun starts one as well
+            command = ["torch.distributed.run", "--standalone", "--nproc-per-node", "1", *worker]
+        else:
+            command = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", str(free_port()), *worker]
+        subprocess.run([sys.executable, "-m", *command], check=True)
     finally:
         forget_exits(spec)
 
@@ -67,6 +88,11 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         deepspeed_probes_only_the_ops_it_uses()  # before this process or its forks set DeepSpeed up: see _compat
     if _in_distributed_launch():
         run_worker(spec)
+        return
+    if num_processes == 1 and get_method(spec.method).engine.kind != "ddp":
+        # DeepSpeed and FSDP need a process group even for one process (ZeRO-3-offload on one GPU, say): a fresh
+        # process under the launcher gets one, and this process (a notebook's kernel) keeps none behind
+        _launch_fresh_processes(spec, 1)
         return
     if num_processes == 1:
         try:

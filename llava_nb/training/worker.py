@@ -78,6 +78,8 @@ def _run_worker(spec: TrainSpec) -> None:
     start = time.perf_counter()
     if not torch.cuda.is_available() and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # a forked process keeps its parent's count
+    if cfg.tf32 and torch.cuda.is_available():  # LLaVA's --tf32 True: TensorFloat-32 for fp32 matrix products
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     accelerator = _accelerator(spec, method)
     set_seed(spec.seed)
     model, tokenizer, image_processor = load_for_training(spec.model, spec.stage,
@@ -106,8 +108,8 @@ def _run_worker(spec: TrainSpec) -> None:
     accelerator.register_for_checkpointing(scheduler, progress)
     if cfg.resume_from:
         accelerator.load_state(cfg.resume_from)
-    states = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
-                         Path(spec.output_dir))
+    states, measured = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
+                                   Path(spec.output_dir))
     result = {"model": spec.model, "stage": spec.stage, "method": method.name, "template": template,
               "steps": progress.step, "total_steps": total, "finished": progress.step >= total,
               "losses": progress.losses, "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
@@ -115,7 +117,7 @@ def _run_worker(spec: TrainSpec) -> None:
               "device": accelerator.device.type, "output_dir": spec.output_dir,
               "hyperparams": {k: v for k, v in asdict(cfg).items() if k != "resume_from"},
               "spec": spec.fingerprint, "engine": type(model).__name__,  # DeepSpeedEngine, DistributedDataParallel
-              "attention": attention, "trainable_parameters": trainable, "states": states,
+              "attention": attention, "trainable_parameters": trainable, "states": states, "measured": measured,
               "quantized_linears": quantized}  # bitsandbytes layers in the trained model (QLoRA)
     from .finish import finish
 
@@ -179,12 +181,14 @@ def _loader(dataset, micro: int, world: int, group_by_length: bool, seed: int, t
 
 
 def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total: int, params,
-                out: Path) -> dict | None:
-    """Optimizer steps until ``total`` (or ``stop_after``); returns the states' dtypes read at the first step."""
+                out: Path) -> tuple[dict | None, dict]:
+    """Optimizer steps until ``total`` (or ``stop_after``); returns the states' dtypes read at the first step and
+    what the run measured (``meter.Meter``: memory per rank, tokens per second)."""
     from ..data.dataset import check_batch
     from ..methods.probe import StateProbe
+    from .meter import Meter
 
-    probe = StateProbe(model, optimizer)
+    probe, meter = StateProbe(model, optimizer), Meter(accelerator.device)
     micro_done = progress.step * accelerator.gradient_accumulation_steps
     model.train()
     first = True
@@ -195,6 +199,7 @@ def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg,
             if first:
                 check_batch(batch, accelerator.unwrap_model(model).config)
                 first = False
+            meter.batch(batch)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -206,12 +211,13 @@ def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg,
             if not accelerator.sync_gradients:
                 continue
             _after_step(accelerator, scheduler, progress, loss, cfg, total, out)
+            meter.step_done()
             if progress.step >= total or (cfg.stop_after and progress.step >= cfg.stop_after):
                 break
         if cfg.stop_after and progress.step >= cfg.stop_after:
             break
     accelerator.wait_for_everyone()
-    return probe.read()
+    return probe.read(), meter.read(accelerator.num_processes)
 
 
 def _after_step(accelerator, scheduler, progress, loss, cfg, total: int, out: Path) -> None:
