@@ -28,7 +28,7 @@ from pathlib import Path
 from .common import ENV, GPU_DIR, append, done
 
 DONE = GPU_DIR / "train_full.jsonl"
-KEY = ("model", "method", "gpus")
+KEY = ("model", "method", "gpus", "micro_batch_override")
 
 
 def add_arguments(p) -> None:
@@ -36,6 +36,7 @@ def add_arguments(p) -> None:
     p.add_argument("--methods", default="lora,zero3,fsdp,qlora,zero3-offload")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (LLaVA's stage 2: 128)")
+    p.add_argument("--micro-batch", type=int, help="override the plan's micro-batch (the record says so)")
     p.add_argument("--samples", type=int, default=3000, help="synthetic training samples")
     p.add_argument("--checkpoints", default="/tmp/llava-nb-checkpoints", help="where the stand-ins are written")
     p.add_argument("--budget", type=float, default=540, help="seconds: start no run after this")
@@ -52,15 +53,19 @@ def _checkpoint(model: str, root: Path) -> Path:
     return folder
 
 
-def _run(folder: Path, method: str, data: dict, steps: int, batch: int, work: Path) -> tuple[dict | None, str]:
+def _run(folder: Path, method: str, data: dict, steps: int, batch: int, micro: int | None,
+         work: Path) -> tuple[dict | None, str]:
     """The train command on ``folder``; (result.json, the end of the output)."""
     out = work / method
     cmd = [sys.executable, "-m", "llava_nb", "train", "--model", str(folder), "--stage", "2", "--method", method,
            "--data", str(data["instruct"]), "--image-folder", str(data["image_folder"]), "--output-dir", str(out),
            "--batch-size", str(batch), "--max-steps", "100000", "--set", f"stop_after={steps}", "--set", "log_every=5"]
+    if micro:
+        cmd += ["--micro-batch", str(micro)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV})
     result = out / "result.json"
-    tail = (proc.stdout + proc.stderr)[-3000:]
+    plan = [line for line in proc.stdout.splitlines() if line.startswith("plan: ")]
+    tail = "\n".join(plan) + "\n" + (proc.stdout + proc.stderr)[-3000:]
     return (json.loads(result.read_text()) if result.exists() else None), tail
 
 
@@ -96,15 +101,17 @@ def main(a) -> None:
     data = synthetic_data("tiny-llava-v1.6" if anyres else "tiny-llava-1.5", n_images=a.samples, n_test=8)
     with tempfile.TemporaryDirectory() as tmp:
         for method in a.methods.split(","):
-            if (a.model, method, gpus) in skip:
+            if (a.model, method, gpus, a.micro_batch) in skip:
                 continue
             if time.perf_counter() - start > a.budget:
                 print(f"budget spent: {method} left for the next call", flush=True)
                 break
             began = time.perf_counter()
-            result, tail = _run(folder, method, data, a.steps, a.batch_size, Path(tmp))
+            result, tail = _run(folder, method, data, a.steps, a.batch_size, a.micro_batch, Path(tmp))
             if result is None or "measured" not in result:
-                append(out, {"model": a.model, "method": method, "gpus": gpus, "error": tail}, show=KEY)
+                append(out, {"model": a.model, "method": method, "gpus": gpus, "micro_batch_override": a.micro_batch,
+                             "error": tail}, show=KEY)
                 continue
-            append(out, _record(a.model, method, result, time.perf_counter() - began),
+            append(out, {**_record(a.model, method, result, time.perf_counter() - began),
+                         "micro_batch_override": a.micro_batch},
                    show=(*KEY, "micro_batch", "measured", "predicted_at_seen"))
