@@ -2,15 +2,6 @@
 (``architectures``), processors, the tiny tokenizer, chat templates, image tokens, parameter counts, tracing.
 """
 
-import importlib as _importlib
+from .._lazy import lazy_submodules
 
-
-def __getattr__(name: str):  # submodules load when first used, so importing the package stays cheap
-    try:
-        module = _importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = module
-    return module
+__getattr__ = lazy_submodules(__name__, globals())  # submodules load when first used
