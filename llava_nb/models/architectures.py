@@ -5,13 +5,8 @@ Three generations share one skeleton (``LlavaForConditionalGeneration`` / ``Llav
     pixels -> CLIP ViT (hidden states of layer -2, CLS dropped) -> projector -> spliced into the LLM's
     text embeddings at the ``<image>`` positions -> LLM -> logits
 
-=========  ==========  =================  ======================================
-version    ViT input   projector          extra
-=========  ==========  =================  ======================================
-v1         224 px      one Linear         -
-v1.5       336 px      Linear-GELU-Linear  -
-v1.6       336 px      Linear-GELU-Linear  anyres tiles + learned ``image_newline``
-=========  ==========  =================  ======================================
+How the versions differ (ViT input, projector, anyres) is tabled in ``specs.py``, which holds every model's numbers;
+this module turns them into transformers configs and modules.
 
 The ``tiny-*`` models keep every structural feature of their version at a size a laptop CPU trains in minutes:
 14 px patches, feature layer -2 without CLS, the same projector kind, and for v1.6 the anyres grid pinpoints
