@@ -19,9 +19,9 @@ def finish(accelerator, model, spec, method, result: dict, tokenizer, image_proc
     state = accelerator.get_state_dict(model) if result["finished"] else None
     if accelerator.is_main_process:
         if result["finished"]:
-            final = _save(accelerator.unwrap_model(model), state, spec, method, result, tokenizer, image_processor)
+            saved = _save(accelerator.unwrap_model(model), state, spec, method, result, tokenizer, image_processor)
             if spec.eval_data:
-                result.update(_evaluate(final, accelerator.device, spec, method, tokenizer, image_processor,
+                result.update(_evaluate(saved, accelerator.device, spec, method, tokenizer, image_processor,
                                         template))
         result["seconds"] = round(time.perf_counter() - start, 1)
         out.mkdir(parents=True, exist_ok=True)
@@ -30,8 +30,10 @@ def finish(accelerator, model, spec, method, result: dict, tokenizer, image_proc
     accelerator.end_training()
 
 
-def _save(unwrapped, state: dict, spec, method, result: dict, tokenizer, image_processor) -> Path:
-    """``output_dir/final``: an ordinary transformers checkpoint (adapters merged), and ``output_dir/adapter``."""
+def _save(unwrapped, state: dict, spec, method, result: dict, tokenizer, image_processor):
+    """``output_dir/final``: an ordinary transformers checkpoint (adapters merged), and ``output_dir/adapter``.
+    Returns the model it saved, whole (DDP: the live one, adapters merged), or None where it was assembled from
+    shards."""
     from ..models.processors import build_processor
 
     out = Path(spec.output_dir)
@@ -57,15 +59,17 @@ def _save(unwrapped, state: dict, spec, method, result: dict, tokenizer, image_p
     unwrapped.save_pretrained(final, state_dict=state, safe_serialization=True)
     build_processor(unwrapped.config, tokenizer, image_processor=image_processor).save_pretrained(final)
     result["final_dir"] = str(final)
-    return final
+    return unwrapped if method.engine.kind == "ddp" else None
 
 
-def _evaluate(final: Path, device, spec, method, tokenizer, image_processor, template: str) -> dict:
+def _evaluate(model, device, spec, method, tokenizer, image_processor, template: str) -> dict:
     """Exact-match accuracy on the held-out questions, and on the same questions with blank images.
 
-    Evaluation runs on this process alone, from the saved model: under DeepSpeed the engine's copy may be sharded
-    (ZeRO-3) or bf16, and with a ZeRO-3 config registered, transformers' generate() would wait for the other ranks
-    (synced_gpus) and hang, so the config is set aside. Under FSDP the live model is sharded too.
+    Evaluation runs on this process alone: on ``model`` (DDP's live model), or on the saved one (``model`` None)
+    where the live model is sharded. Under DeepSpeed the engine's copy may be sharded (ZeRO-3) or bf16, and with a
+    ZeRO-3 config registered, transformers' generate() would wait for the other ranks (synced_gpus) and hang, so
+    the config is set aside. Under FSDP the live model is sharded too. A reloaded model gets the attention kernel
+    the run trained with.
     """
     from ..data.dataset import ConversationDataset
     from ..data.records import load_conversations
@@ -74,7 +78,10 @@ def _evaluate(final: Path, device, spec, method, tokenizer, image_processor, tem
 
     sharded = method.engine.kind == "deepspeed"
     with _whole_model_construction() if sharded else contextlib.nullcontext():
-        model = load_model(final).to(device)
+        if model is None:
+            model = load_model(Path(spec.output_dir) / "final").to(device)
+            if spec.config.attn_implementation:
+                model.set_attn_implementation(spec.config.attn_implementation)
         test = load_conversations(spec.eval_data, spec.image_folder)[: spec.config.eval_max]
         test_set = ConversationDataset(test, tokenizer, model.config, template, spec.config.max_length,
                                        image_processor)
