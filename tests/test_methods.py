@@ -37,29 +37,45 @@ def test_adapters_have_nothing_to_train_in_stage_1():
         get_method("zero3+lora").for_stage(1)
 
 
-@pytest.fixture(scope="module")
-def stage1_folder(tmp_path_factory):
-    """A stage-1 checkpoint of the tiny LLaVA, on a small synthetic set."""
-    from llava_nb.training.api import synthetic_data, train
+#: every method trained once on the tiny LLaVA, 2 processes, from a stage-1 checkpoint; one line of JSON per method
+RUN_ALL = """
+import json, sys
+from llava_nb.methods.registry import METHODS, get_method
+from llava_nb.training.api import synthetic_data, train
 
-    data = synthetic_data(MODEL, n_images=96, n_test=8)
-    run = train(MODEL, 1, data=data["captions"], image_folder=data["image_folder"], max_steps=1, batch_size=8,
-                log_every=0, output_dir=tmp_path_factory.mktemp("methods") / "stage1")
-    return run["final_dir"], data
+out = sys.argv[1]
+data = synthetic_data("tiny-llava-1.5", n_images=96, n_test=8)
+stage1 = train("tiny-llava-1.5", 1, data=data["captions"], image_folder=data["image_folder"], max_steps=1,
+               batch_size=8, log_every=0, output_dir=f"{out}/stage1")
+for name in METHODS:
+    method = get_method(name)
+    run = train("tiny-llava-1.5" if method.stage == 1 else stage1["final_dir"], method.stage, method=method.key,
+                data=data["instruct"], image_folder=data["image_folder"], stop_after=1, batch_size=8, log_every=0,
+                lora_r=16, mixed_precision="bf16", output_dir=f"{out}/{name}")
+    print(json.dumps({"name": name, "trainable": run["trainable_parameters"], "states": run["states"]}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """What train() built for every method. The runs share one fresh Python process, which can fork its workers
+    (this one cannot once another test has imported bitsandbytes, and fresh worker processes cost seconds each)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("methods")
+    proc = subprocess.run([sys.executable, "-c", RUN_ALL, str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"name"')]
+    return {r["name"]: r for r in lines}
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_the_calculator_counts_what_train_builds(name, stage1_folder, tmp_path):
+def test_the_calculator_counts_what_train_builds(name, trained):
     """Trainable parameters and the dtypes of weights, master weights, gradients, optimizer states and frozen
     weights: from a live train() on 2 processes, and from estimate_memory, for the same method and model."""
-    from llava_nb.training.api import train
-
-    folder, data = stage1_folder
-    method = get_method(name)
-    stage = method.stage
-    run = train(MODEL if stage == 1 else folder, stage, method=method.key, data=data["instruct"],
-                image_folder=data["image_folder"], stop_after=1, batch_size=8, log_every=0, lora_r=16,
-                mixed_precision="bf16", output_dir=tmp_path / "run")
+    run = trained[name]
     estimate = estimate_memory(MODEL, name, lora_r=16, seq_len=512)
-    assert run["trainable_parameters"] == estimate.trainable
-    assert run["states"] == estimate.states == method.states("bf16").as_dict()
+    assert run["trainable"] == estimate.trainable
+    assert run["states"] == estimate.states == get_method(name).states("bf16").as_dict()
