@@ -61,3 +61,30 @@ def test_hf_trainer_runs_llavas_zero3_json_as_a_deepspeed_engine_on_two_cpu_proc
         assert r["deepspeed_config"]["zero_optimization"] == ours["zero_optimization"]
         assert r["deepspeed_config"]["train_batch_size"] == ours["train_batch_size"] == 8
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the loss is reduced over the ranks
+
+
+def test_the_full_recipe_is_what_its_sources_say():
+    """Each real-checkpoint default equals the flag value of the LLaVA script line it cites (FULL_SOURCES)."""
+    import dataclasses
+
+    from llava_nb.training.config import FULL_HYPERPARAMS, FULL_METHODS, FULL_SOURCES, TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for stage in (1, 2):
+        for key, sources in FULL_SOURCES.items():
+            source = sources[stage - 1]
+            value = FULL_METHODS[stage] if key == "method" else FULL_HYPERPARAMS[stage].get(key, defaults[key])
+            if source == "(not set)":
+                assert value == defaults[key], key
+                continue
+            flag_value = source.split()[2].rstrip(",")
+            if key == "method":
+                assert flag_value == f"./scripts/{value}.json"
+            elif key == "batch_size":
+                assert int(flag_value) * 8 == value  # per GPU, on LLaVA's 8 GPUs
+            elif key == "mixed_precision":
+                assert (flag_value == "True") == (value == "bf16")
+            elif isinstance(value, bool):
+                assert (flag_value == "True") == value, key
+            else:
+                assert float(flag_value) == value, key

@@ -43,13 +43,9 @@ TINY_HYPERPARAMS = {
 TINY_LORA = dict(lr=2e-3, epochs=6, weight_decay=0.0, mixed_precision="no", attn_implementation=None, lora_r=16,
                  lora_alpha=32)
 #: LLaVA-1.5's recipe for real checkpoints, from haotian-liu/LLaVA@c121f04 scripts/v1_5/pretrain.sh (stage 1) and
-#: finetune.sh (stage 2), flag by flag:
-#: lr: pretrain.sh:25 --learning_rate 1e-3, finetune.sh:27 2e-5; batch_size (global): 32 per GPU x 8 GPUs
-#: (pretrain.sh:18) = 256, 16 x 8 (finetune.sh:20) = 128; epochs: 1 (pretrain.sh:17, finetune.sh:19);
-#: max_length: 2048 (pretrain.sh:31, finetune.sh:33); warmup_ratio 0.03 and weight decay 0 (pretrain.sh:26-27,
-#: finetune.sh:28-29); cosine schedule (pretrain.sh:28, finetune.sh:30); bf16 (pretrain.sh:15, finetune.sh:17); tf32
-#: (pretrain.sh:30, finetune.sh:32); gradient checkpointing (pretrain.sh:32, finetune.sh:34). finetune.sh:16's
-#: --group_by_modality_length groups samples by length (and image/text-only); ``group_by_length`` does the first.
+#: finetune.sh (stage 2), flag by flag: each setting's source line is in ``FULL_SOURCES`` (the book tables them).
+#: The global batch is the per-GPU batch on LLaVA's 8 GPUs. finetune.sh:16's --group_by_modality_length groups
+#: samples by length (and image/text-only); ``group_by_length`` does the first.
 FULL_HYPERPARAMS = {
     1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03, mixed_precision="bf16",
             tf32=True, gradient_checkpointing=True),
@@ -59,6 +55,22 @@ FULL_HYPERPARAMS = {
 #: LLaVA-1.5's engines for real checkpoints: ZeRO-2 for stage 1 (pretrain.sh:4 --deepspeed ./scripts/zero2.json),
 #: ZeRO-3 for stage 2 (finetune.sh:4 --deepspeed ./scripts/zero3.json; finetune_lora.sh:5 runs LoRA on it too).
 FULL_METHODS = {1: "zero2", 2: "zero3"}
+#: setting -> (stage 1's source, stage 2's source): lines of haotian-liu/LLaVA@c121f04 scripts/v1_5/
+FULL_SOURCES = {
+    "method": ("pretrain.sh:4 --deepspeed ./scripts/zero2.json", "finetune.sh:4 --deepspeed ./scripts/zero3.json"),
+    "lr": ("pretrain.sh:25 --learning_rate 1e-3", "finetune.sh:27 --learning_rate 2e-5"),
+    "batch_size": ("pretrain.sh:18 --per_device_train_batch_size 32, x 8 GPUs",
+                   "finetune.sh:20 --per_device_train_batch_size 16, x 8 GPUs"),
+    "epochs": ("pretrain.sh:17 --num_train_epochs 1", "finetune.sh:19 --num_train_epochs 1"),
+    "max_length": ("pretrain.sh:31 --model_max_length 2048", "finetune.sh:33 --model_max_length 2048"),
+    "warmup_ratio": ("pretrain.sh:27 --warmup_ratio 0.03", "finetune.sh:29 --warmup_ratio 0.03"),
+    "weight_decay": ("pretrain.sh:26 --weight_decay 0.", "finetune.sh:28 --weight_decay 0."),
+    "mixed_precision": ("pretrain.sh:15 --bf16 True", "finetune.sh:17 --bf16 True"),
+    "tf32": ("pretrain.sh:30 --tf32 True", "finetune.sh:32 --tf32 True"),
+    "gradient_checkpointing": ("pretrain.sh:32 --gradient_checkpointing True",
+                               "finetune.sh:34 --gradient_checkpointing True"),
+    "group_by_length": ("(not set)", "finetune.sh:16 --group_by_modality_length True (length part only)"),
+}
 #: tiny models: torch DDP over 2 CPU processes (or every GPU)
 TINY_METHOD = "ddp"
 
