@@ -91,12 +91,7 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
         cfg = _with(cfg, micro_batch=plan.micro_batch)
     cfg.batch_split(processes)  # a batch that cannot be split fails here, before any process starts
     if data is None:
-        if not tiny:
-            raise LlavaNbError(f"{model} needs data=... and image_folder=... (LLaVA-format JSON and its images); "
-                               "only tiny models have built-in synthetic data")
-        syn = synthetic_data(tiny, seed, cfg.n_images, cfg.n_test)
-        data = syn["captions" if stage == 1 else "instruct"]
-        image_folder, eval_data = syn["image_folder"], syn["test"] if stage == 2 else None
+        data, image_folder, eval_data = _synthetic_for(model, tiny, stage, seed, cfg)
     start = time.perf_counter()
     if tiny:
         from .pretrain import ensure_pretrained_parts
@@ -125,6 +120,15 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
         result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir", "cached")}
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _synthetic_for(model: str, tiny: str | None, stage: int, seed: int, cfg: TrainConfig) -> tuple:
+    """(data, image_folder, eval_data) of a tiny model's synthetic set for ``stage``; a real one needs the reader's."""
+    if not tiny:
+        raise LlavaNbError(f"{model} needs data=... and image_folder=... (LLaVA-format JSON and its images); "
+                           "only tiny models have built-in synthetic data")
+    syn = synthetic_data(tiny, seed, cfg.n_images, cfg.n_test)
+    return syn["captions" if stage == 1 else "instruct"], syn["image_folder"], syn["test"] if stage == 2 else None
 
 
 def _config(config: TrainConfig | None, settings: dict, tiny: bool, stage: int, method) -> TrainConfig:
