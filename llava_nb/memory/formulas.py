@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ..errors import UnknownMethodError
+from ..methods.counts import sized_numel
 from ..methods.registry import DTYPE_BYTES
 from .shapes import Shapes, method_sizes
 
@@ -118,15 +119,10 @@ def activation_bytes_per_token(shapes: Shapes, method, grad_checkpointing: bool)
     return {"blocks": L * per_block, "one_block": 0, "logits": logits}
 
 
-def _numel(sizes, trainable: bool | None = None) -> int:
-    """Elements of the ``(trains, shape)`` entries (only those that train, or only the frozen ones)."""
-    return sum(math.prod(s) for t, s in sizes if trainable is None or t == trainable)
-
-
 def _zero12_terms(sizes, stage: int, gpus: int, one_block: int, bucket: int) -> tuple:
     """(persistent, end of backward, optimizer step) of ZeRO-1/2: bf16 weights, fp32 master and AdamW states of
     this rank's partition of the T trained parameters."""
-    P, T = _numel(sizes), _numel(sizes, True)
+    P, T = sized_numel(sizes), sized_numel(sizes, True)
     part = zero12_partition(T, gpus)
     persistent = {"weights": 2 * P, "master_weights": 4 * part, "optimizer_states": 8 * part,
                   "comm_buffers": 2 * 2 * bucket}
@@ -173,7 +169,7 @@ def _frozen_bytes(shapes: Shapes, sizes, method) -> int:
     """Bytes of what does not train, in the dtype the method keeps it (``Method.states``): the ViT in fp32 under
     DDP, a LoRA base in the compute dtype, QLoRA's LLM Linears in NF4 (4 bits plus double-quantized constants)
     with everything else cast to fp32 by ``prepare_model_for_kbit_training``."""
-    frozen = _numel(sizes, False)
+    frozen = sized_numel(sizes, False)
     states = method.states("bf16")
     if states.frozen == "nf4":
         quantized = shapes.llm_linear
@@ -184,7 +180,7 @@ def _frozen_bytes(shapes: Shapes, sizes, method) -> int:
 def _ddp_terms(shapes: Shapes, sizes, method, gpus: int, one_block: int) -> tuple:
     """(persistent, end of backward, optimizer step) of torch DDP: the T trained parameters in fp32 (they are the
     master weights; bf16 by autocast), fp32 gradients and AdamW states; the frozen ones as ``_frozen_bytes``."""
-    trained = 4 * _numel(sizes, True)
+    trained = 4 * sized_numel(sizes, True)
     persistent = {"weights": _frozen_bytes(shapes, sizes, method) + trained, "optimizer_states": 2 * trained}
     if gpus > 1:
         persistent["gradient_buffer"] = trained  # DDP's buckets hold every gradient between steps

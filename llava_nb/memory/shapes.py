@@ -17,7 +17,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from ..methods.counts import trained_count, trained_sizes
+from ..methods.counts import sized_numel, trained_sizes
 from ..models.layout import Numbers, owners_of, read_numbers
 
 
@@ -54,7 +54,7 @@ def method_sizes(shapes: Shapes, method) -> tuple:
 
 def trainable_count(shapes: Shapes, method) -> int:
     """Parameters that train under ``method`` (what ``train()`` reports as ``trainable_parameters``)."""
-    return trained_count(method_sizes(shapes, method))
+    return sized_numel(method_sizes(shapes, method), True)
 
 
 @functools.lru_cache(maxsize=64)

@@ -68,6 +68,6 @@ def trained_sizes(method, sizes, parts, adapter_sizes) -> tuple:
     return tuple((False, s) for _, s in sizes) + tuple((True, s) for s in adapter_sizes) + projector
 
 
-def trained_count(sized) -> int:
-    """Elements of the ``(trains, shape)`` entries that train."""
-    return sum(math.prod(s) for trains, s in sized if trains)
+def sized_numel(sized, trains: bool | None = None) -> int:
+    """Elements of the ``(trains, shape)`` entries: all of them, or only those that train (``True``) or not."""
+    return sum(math.prod(s) for t, s in sized if trains is None or t == trains)

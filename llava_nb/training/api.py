@@ -18,6 +18,7 @@ The last line a run prints (the CLI's) is that JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -88,7 +89,7 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     processes = cfg.num_processes or default_num_processes()
     plan = None if tiny else _plan(model, chosen, cfg, processes)
     if plan is not None and cfg.micro_batch is None and cfg.gradient_accumulation_steps is None:
-        cfg = _with(cfg, micro_batch=plan.micro_batch)
+        cfg = dataclasses.replace(cfg, micro_batch=plan.micro_batch)
     cfg.batch_split(processes)  # a batch that cannot be split fails here, before any process starts
     if data is None:
         data, image_folder, eval_data = _synthetic_for(model, tiny, stage, seed, cfg)
@@ -133,17 +134,9 @@ def _synthetic_for(model: str, tiny: str | None, stage: int, seed: int, cfg: Tra
 
 def _config(config: TrainConfig | None, settings: dict, tiny: bool, stage: int, method) -> TrainConfig:
     """``config`` with ``settings`` applied, or the recipe for this model, stage and method with them."""
-    import dataclasses
-
     if config is None:
         return TrainConfig.recipe(tiny, stage, method.adapter.name != "none", **settings)
     return dataclasses.replace(config, **settings)
-
-
-def _with(cfg: TrainConfig, **changes) -> TrainConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def _plan(model: str, method, cfg: TrainConfig, processes: int):
@@ -169,8 +162,6 @@ def _plan(model: str, method, cfg: TrainConfig, processes: int):
 
 def _fingerprint(spec: TrainSpec) -> dict:
     """What identifies a run: everything but the settings that do not change what it computes."""
-    import dataclasses
-
     return {**{k: v for k, v in spec.to_json().items() if k not in ("config", "fingerprint")},
             "config": {k: v for k, v in dataclasses.asdict(spec.config).items()
                        if k not in ("force", "num_processes", "log_every")}}
