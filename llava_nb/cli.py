@@ -1,4 +1,4 @@
-"""Command line: ``python -m llava_nb params|tokens|memory|train|generate|regenerate ...``.
+"""Command line: ``python -m llava_nb params|tokens|memory|train|generate|convert|regenerate ...``.
 
     python -m llava_nb params --model llava-1.5-7b --method lora
     python -m llava_nb tokens --model llava-v1.6-mistral-7b --size 480x640 --json
@@ -6,6 +6,7 @@
     accelerate launch -m llava_nb train --model llava-hf/llava-1.5-7b-hf --stage 2 --data my.json --image-folder imgs
     python -m llava_nb generate --model .cache/runs/.../final --image photo.png --prompt "What is this?"
     python -m llava_nb memory --model llava-1.5-7b --method zero3 --gpus 4 --micro-batch 8 --seq-len 2048
+    python -m llava_nb convert my_messages.json my_llava.json --image-folder my_images/
     python -m llava_nb --profile full ...      # overrides $LLAVA_NB_PROFILE
 
 ``params``, ``tokens`` and ``memory`` are arithmetic on the models' numbers (``models.specs``) and import neither
@@ -107,7 +108,8 @@ def _plan(args) -> tuple[dict, str]:
 
     plan = make_plan(resolve_name(args.model), args.method, gpus=args.gpus, gpu_memory_gib=args.gpu_memory,
                      global_batch=args.batch_size, seq_len=args.seq_len, headroom=args.headroom,
-                     grad_checkpointing=not args.no_grad_checkpointing, micro_batch=args.micro_batch)
+                     grad_checkpointing=not args.no_grad_checkpointing, micro_batch=args.micro_batch,
+                     host_memory_gib=args.host_memory)
     if not plan.fits:
         print(f"warning: micro-batch {plan.micro_batch} does not fit (peak {plan.peak_gib:.1f} GiB); the calculator's "
               f"largest is {plan.largest_that_fits}", file=sys.stderr)
@@ -161,6 +163,28 @@ def _generate(args) -> tuple[dict, str]:
     return {"model": args.model, "image": args.image, "prompt": args.prompt, "answer": text}, text
 
 
+def _convert(args) -> tuple[dict, str]:
+    from .data.convert import convert_file
+
+    summary = convert_file(args.input, args.output, image_folder=args.image_folder, force=args.force,
+                           system=args.system)
+    text = (f"wrote {summary['records']} LLaVA records ({summary['with_image']} with an image, {summary['text_only']} "
+            f"text-only; from {summary['sharegpt']} ShareGPT and {summary['messages']} messages records) to "
+            f"{summary['output']}")
+    return summary, text
+
+
+def _convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="convert ShareGPT or messages (TRL/OpenAI) JSON into LLaVA's JSON format")
+    c.add_argument("input", help="a JSON list or JSON Lines file of ShareGPT and/or messages records")
+    c.add_argument("output", help="the LLaVA-format JSON to write (not overwritten unless --force)")
+    c.add_argument("--image-folder", help="check that every image exists under this folder")
+    c.add_argument("--system", choices=("error", "fold"), default="error",
+                   help="system messages: refuse them (default) or fold them into the first user turn")
+    c.add_argument("--force", action="store_true", help="overwrite OUTPUT")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a sentence")
+
+
 def _regenerate(args) -> tuple[dict, str]:
     if args.what == "sample":
         from .data.synthetic import write_sample
@@ -198,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     _memory_parser(sub)
     _plan_parser(sub)
+    _convert_parser(sub)
     mk = sub.add_parser("make-checkpoint", help="write a full-size random-weight checkpoint in the llava-hf format")
     mk.add_argument("--like", required=True, help="the model it stands in for, e.g. llava-1.5-7b")
     mk.add_argument("--out", required=True, help="a new or empty folder")
@@ -262,6 +287,7 @@ def _plan_parser(sub) -> None:
     p.add_argument("--micro-batch", type=int, help="override the calculator's choice")
     p.add_argument("--no-grad-checkpointing", action="store_true")
     p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM)
+    p.add_argument("--host-memory", type=float, help="GiB of RAM on each machine: offloading methods are checked")
     p.add_argument("--json", action="store_true")
 
 
@@ -300,7 +326,7 @@ def main(argv=None) -> int:
     try:
         handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,
                    "regenerate": _regenerate, "memory": _memory, "plan": _plan,
-                   "make-checkpoint": _make_checkpoint}[args.command]
+                   "make-checkpoint": _make_checkpoint, "convert": _convert}[args.command]
         result, text = handler(args)
     except LlavaNbError as err:
         print(f"error: {err}", file=sys.stderr)

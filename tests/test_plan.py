@@ -45,7 +45,24 @@ def test_an_override_that_does_not_fit_says_so():
     assert plan.chosen_by == "override" and not plan.fits and plan.largest_that_fits < 128
 
 
-@pytest.mark.parametrize("kwargs, fix", [({"gpus": 0}, "gpus must be"), ({"global_batch": 100, "gpus": 8}, "split"),
+def test_an_offload_that_the_host_cannot_hold_stops_before_training():
+    """The record behind the margin: zero3-offload of llava-1.5-7b on a 125 GiB H200 host was killed by the
+    out-of-memory killer (data/gpu/train_full.jsonl); the plan for that machine must refuse it, and a machine with
+    twice the RAM gets it. Methods that offload nothing are not checked against the host."""
+    from llava_nb.paths import DATA_DIR
+
+    records = [json.loads(line) for line in (DATA_DIR / "gpu" / "train_full.jsonl").read_text().splitlines()]
+    killed = [r for r in records if r["method"] == "zero3-offload" and "Signal 9 (SIGKILL)" in r.get("error", "")]
+    assert killed and "GiB of 140.401 GiB (fits)" in killed[0]["error"]
+    with pytest.raises(PlanError, match=r"needs about 117\.\d GiB of host memory.*125 GiB.*would fit: zero3\+lora"):
+        make_plan("llava-1.5-7b", "zero3-offload", gpu_memory_gib=140.4, global_batch=32, host_memory_gib=125)
+    plan = make_plan("llava-1.5-7b", "zero3-offload", gpu_memory_gib=140.4, global_batch=32, host_memory_gib=250)
+    assert plan.host_gib == pytest.approx(estimate_memory("llava-1.5-7b", "zero3-offload", micro_batch=plan.micro_batch,
+                                                          seq_len=2048).cpu_gib) and "host 117." in plan.summary()
+    assert make_plan("llava-1.5-7b", "lora", gpu_memory_gib=140.4, host_memory_gib=8).host_gib == 0
+
+
+@pytest.mark.parametrize("kwargs, fix", [({"gpus": 0}, "gpus must be"), ({"host_memory_gib": -1}, "host_memory_gib"), ({"global_batch": 100, "gpus": 8}, "split"),
                                          ({"micro_batch": 3}, "not a multiple"), ({"headroom": -3}, "headroom"),
                                          ({"gpu_memory_gib": 0}, "gpu_memory_gib")])
 def test_bad_plans_say_what_to_fix(kwargs, fix):

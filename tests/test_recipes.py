@@ -7,14 +7,161 @@ import pytest
 from llava_nb.methods.deepspeed import LLAVA_FILES, deepspeed_config, llava_deepspeed_file, llava_deepspeed_path
 
 
+#: haotian-liu/LLaVA@c121f04 scripts/zero2.json, scripts/zero3.json and scripts/zero3_offload.json, verbatim (the
+#: tests cannot read LLaVA's repository)
+LLAVA_JSON = {
+    "zero2": """{
+    "fp16": {
+        "enabled": "auto",
+        "loss_scale": 0,
+        "loss_scale_window": 1000,
+        "initial_scale_power": 16,
+        "hysteresis": 2,
+        "min_loss_scale": 1
+    },
+    "bf16": {
+        "enabled": "auto"
+    },
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto",
+    "zero_optimization": {
+        "stage": 2,
+        "overlap_comm": true,
+        "contiguous_gradients": true,
+        "sub_group_size": 1e9,
+        "reduce_bucket_size": "auto"
+    }
+}""",
+    "zero3": """{
+    "fp16": {
+        "enabled": "auto",
+        "loss_scale": 0,
+        "loss_scale_window": 1000,
+        "initial_scale_power": 16,
+        "hysteresis": 2,
+        "min_loss_scale": 1
+    },
+    "bf16": {
+        "enabled": "auto"
+    },
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto",
+    "zero_optimization": {
+        "stage": 3,
+        "overlap_comm": true,
+        "contiguous_gradients": true,
+        "sub_group_size": 1e9,
+        "reduce_bucket_size": "auto",
+        "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto",
+        "stage3_max_live_parameters": 1e9,
+        "stage3_max_reuse_distance": 1e9,
+        "stage3_gather_16bit_weights_on_model_save": true
+    }
+}""",
+    "zero3-offload": """{
+  "fp16": {
+    "enabled": "auto",
+    "loss_scale": 0,
+    "loss_scale_window": 1000,
+    "initial_scale_power": 16,
+    "hysteresis": 2,
+    "min_loss_scale": 1
+  },
+  "bf16": {
+    "enabled": "auto"
+  },
+  "optimizer": {
+    "type": "AdamW",
+    "params": {
+      "lr": "auto",
+      "betas": "auto",
+      "eps": "auto",
+      "weight_decay": "auto"
+    }
+  },
+  "scheduler": {
+    "type": "WarmupLR",
+    "params": {
+      "warmup_min_lr": "auto",
+      "warmup_max_lr": "auto",
+      "warmup_num_steps": "auto"
+    }
+  },
+  "zero_optimization": {
+    "stage": 3,
+    "offload_optimizer": {
+      "device": "cpu",
+      "pin_memory": true
+    },
+    "offload_param": {
+      "device": "cpu",
+      "pin_memory": true
+    },
+    "overlap_comm": true,
+    "contiguous_gradients": true,
+    "sub_group_size": 1e9,
+    "reduce_bucket_size": "auto",
+    "stage3_prefetch_bucket_size": "auto",
+    "stage3_param_persistence_threshold": "auto",
+    "stage3_max_live_parameters": 1e9,
+    "stage3_max_reuse_distance": 1e9,
+    "gather_16bit_weights_on_model_save": true
+  },
+  "gradient_accumulation_steps": "auto",
+  "gradient_clipping": "auto",
+  "train_batch_size": "auto",
+  "train_micro_batch_size_per_gpu": "auto",
+  "steps_per_print": 1e5,
+  "wall_clock_breakdown": false
+}""",
+}
+#: What a DeepSpeed config without "gradient_clipping" clips at in LLaVA's runs: deepspeed 0.12.6 (LLaVA's pin,
+#: pyproject.toml:26) runtime/constants.py:211 ``GRADIENT_CLIPPING_DEFAULT = 0.``, no clipping. (deepspeed 0.19.8,
+#: installed here, says 1.0: runtime/constants.py:203.)
+LLAVA_DEEPSPEED_CLIPPING_DEFAULT = 0.0
+#: What "auto" becomes: the Trainer's max_grad_norm, which no LLaVA script sets (transformers 4.37.2
+#: training_args.py:739, default 1.0; integrations/deepspeed.py:150 fills it in)
+TRAINER_MAX_GRAD_NORM = 1.0
+
+
+def llava_clipping(name: str) -> float:
+    """The gradient norm LLaVA's run with its file ``name`` clipped at (0.0: none)."""
+    value = json.loads(LLAVA_JSON[name]).get("gradient_clipping", LLAVA_DEEPSPEED_CLIPPING_DEFAULT)
+    return TRAINER_MAX_GRAD_NORM if value == "auto" else value
+
+
+@pytest.mark.parametrize("name", LLAVA_FILES)
+def test_our_copies_are_llavas_files(name):
+    assert llava_deepspeed_file(name) == json.loads(LLAVA_JSON[name])
+
+
+@pytest.mark.parametrize("method", ["ddp", "zero1", "zero2", "zero3", "zero3-offload"])
+def test_gradient_clipping_is_llavas_unless_max_grad_norm_says_otherwise(method):
+    """None: what LLaVA's file did (zero1 uses zero2.json; ddp is DeepSpeed's stage 0 here); a value: that value.
+    The key is always written: DeepSpeed's own reading of the config (its installed version) must agree."""
+    llava = llava_clipping({"ddp": "zero2", "zero1": "zero2"}.get(method, method))
+    assert llava == (1.0 if method == "zero3-offload" else 0.0)
+    default, set_ = deepspeed_config(method, 64), deepspeed_config(method, 64, max_grad_norm=0.5)
+    assert default["gradient_clipping"] == llava and set_["gradient_clipping"] == 0.5
+    assert deepspeed_config(method, 64, max_grad_norm=0)["gradient_clipping"] == 0.0
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.config import get_gradient_clipping
+
+    assert get_gradient_clipping(default) == llava and get_gradient_clipping(set_) == 0.5
+
+
 @pytest.mark.parametrize("name", LLAVA_FILES)
 def test_shipped_files_are_llavas_settings(name):
     assert json.loads(llava_deepspeed_path(name).read_text()) == llava_deepspeed_file(name)
 
 
-@pytest.mark.parametrize("name", ["zero2", "zero3"])
+@pytest.mark.parametrize("name", LLAVA_FILES)
 def test_auto_resolves_as_the_hf_trainer_resolves_it(name, tmp_path):
-    """transformers' own HfTrainerDeepSpeedConfig fills LLaVA's "auto" entries; deepspeed_config must agree."""
+    """transformers' own HfTrainerDeepSpeedConfig fills the "auto" entries of LLaVA's files (copied above);
+    deepspeed_config must agree, and clip where LLaVA's runs clipped (only zero3_offload.json, at max_grad_norm)."""
     pytest.importorskip("deepspeed")
     from transformers import TrainingArguments
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
@@ -24,11 +171,13 @@ def test_auto_resolves_as_the_hf_trainer_resolves_it(name, tmp_path):
     model = build_model("llava-1.5-7b", device="meta")
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, gradient_accumulation_steps=1,
                              use_cpu=True, report_to=[])
-    hf = HfTrainerDeepSpeedConfig(llava_deepspeed_file(name))
+    hf = HfTrainerDeepSpeedConfig(json.loads(LLAVA_JSON[name]))
     hf.trainer_config_process(args)
     hf.trainer_config_finalize(args, model, num_training_steps=100)
     ours = deepspeed_config(name, model.config.text_config.hidden_size, micro_batch=16, world_size=1, bf16=False)
     assert hf.config["zero_optimization"] == ours["zero_optimization"]
+    clipping = hf.config.get("gradient_clipping", LLAVA_DEEPSPEED_CLIPPING_DEFAULT)
+    assert clipping == ours["gradient_clipping"] == (args.max_grad_norm if name == "zero3-offload" else 0.0)
     assert hf.config["train_micro_batch_size_per_gpu"] == ours["train_micro_batch_size_per_gpu"] == 16
     assert hf.config["bf16"]["enabled"] is ours["bf16"]["enabled"] is False
 
@@ -58,8 +207,20 @@ def test_hf_trainer_runs_llavas_zero3_json_as_a_deepspeed_engine_on_two_cpu_proc
         assert 2 * r["local_numel"] == pytest.approx(r["numel"], rel=1e-3)
         assert len(r["losses"]) == 2 and all(0 < x < 10 for x in r["losses"])
         ours = deepspeed_config("zero3", 128, micro_batch=4, world_size=2, bf16=False)
-        assert r["deepspeed_config"]["zero_optimization"] == ours["zero_optimization"]
-        assert r["deepspeed_config"]["train_batch_size"] == ours["train_batch_size"] == 8
+        theirs = r["deepspeed_config"]
+        assert theirs["zero_optimization"] == ours["zero_optimization"]
+        assert theirs["train_batch_size"] == ours["train_batch_size"] == 8
+        # the whole config: what differs is logging, the fp16 block (off in both), the Trainer's leave to use a torch
+        # optimizer, and clipping: LLaVA's file has no gradient_clipping key, so the engine clips at the installed
+        # DeepSpeed's default (LLaVA's pinned 0.12.6 said 0, as train() writes)
+        from deepspeed.runtime.config import get_gradient_clipping
+
+        differ = {k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)}
+        assert differ == {"fp16", "steps_per_print", "wall_clock_breakdown", "zero_allow_untested_optimizer",
+                          "gradient_clipping"}
+        assert theirs["fp16"]["enabled"] is False and "fp16" not in ours and not ours["wall_clock_breakdown"]
+        assert "gradient_clipping" not in theirs and r["gradient_clipping"] == get_gradient_clipping({})
+        assert ours["gradient_clipping"] == 0.0
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the loss is reduced over the ranks
 
 
@@ -88,3 +249,30 @@ def test_the_full_recipe_is_what_its_sources_say():
                 assert (flag_value == "True") == value, key
             else:
                 assert float(flag_value) == value, key
+
+
+#: haotian-liu/LLaVA@c121f04 scripts/v1_5/finetune_lora.sh, the lines FULL_LORA_SOURCES cites, verbatim
+FINETUNE_LORA_LINES = {4: "    --lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 \\",
+                       28: "    --learning_rate 2e-4 \\"}
+
+
+def test_the_real_checkpoint_lora_recipe_is_finetune_lora_sh():
+    """LoRA on a real checkpoint: each setting FULL_LORA_SOURCES cites equals its flag in finetune_lora.sh (copied
+    above); every other setting is finetune.sh's; what train() picks for zero3+lora and lora is this recipe."""
+    import dataclasses
+
+    from llava_nb.methods.registry import get_method
+    from llava_nb.training.api import _config
+    from llava_nb.training.config import FULL_LORA_SOURCES, TrainConfig
+
+    lora, full = TrainConfig.recipe(False, 2, adapter=True), TrainConfig.recipe(False, 2)
+    for key, source in FULL_LORA_SOURCES.items():
+        where, flag, value = source.split()
+        assert f" {flag} {value} " in FINETUNE_LORA_LINES[int(where.split(":")[1])], source
+        assert getattr(lora, key) == float(value), key
+    assert (lora.lr, lora.mm_projector_lr) == (2e-4, 2e-5)
+    others = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in FULL_LORA_SOURCES]
+    assert {k: getattr(lora, k) for k in others} == {k: getattr(full, k) for k in others}
+    for method in ("zero3+lora", "lora"):
+        assert _config(None, {}, False, 2, get_method(method).for_stage(2)) == lora
+    assert TrainConfig.recipe(True, 2, adapter=True).mm_projector_lr is None  # the tiny LoRA recipe: one lr

@@ -28,13 +28,13 @@ from pathlib import Path
 from .common import ENV, GPU_DIR, append, done
 
 DONE = GPU_DIR / "train_full.jsonl"
-KEY = ("model", "method", "gpus", "micro_batch_override")
+KEY = ("model", "method", "gpus", "micro_batch_override", "steps")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--model", default="llava-1.5-7b")
     p.add_argument("--methods", default="lora,zero3,fsdp,qlora,zero3-offload")
-    p.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=32, help="global batch (LLaVA's stage 2: 128)")
     p.add_argument("--micro-batch", type=int, help="override the plan's micro-batch (the record says so)")
     p.add_argument("--samples", type=int, default=3000, help="synthetic training samples")
@@ -101,7 +101,7 @@ def main(a) -> None:
     data = synthetic_data("tiny-llava-v1.6" if anyres else "tiny-llava-1.5", n_images=a.samples, n_test=8)
     with tempfile.TemporaryDirectory() as tmp:
         for method in a.methods.split(","):
-            if (a.model, method, gpus, a.micro_batch) in skip:
+            if (a.model, method, gpus, a.micro_batch, a.steps) in skip:
                 continue
             if time.perf_counter() - start > a.budget:
                 print(f"budget spent: {method} left for the next call", flush=True)
@@ -110,7 +110,7 @@ def main(a) -> None:
             result, tail = _run(folder, method, data, a.steps, a.batch_size, a.micro_batch, Path(tmp))
             if result is None or "measured" not in result:
                 append(out, {"model": a.model, "method": method, "gpus": gpus, "micro_batch_override": a.micro_batch,
-                             "error": tail}, show=KEY)
+                             "steps": a.steps, "error": tail}, show=KEY)
                 continue
             append(out, {**_record(a.model, method, result, time.perf_counter() - began),
                          "micro_batch_override": a.micro_batch},

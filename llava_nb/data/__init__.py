@@ -1,5 +1,5 @@
-"""Data: LLaVA-format records (``records``), datasets, batches and samplers (``dataset``), the synthetic shapes
-set (``synthetic``), sample images.
+"""Data: LLaVA-format records (``records``), datasets, batches and the length-grouped sampler (``dataset``), LLaVA's
+modality-grouped sampler (``sampling``), the synthetic shapes set (``synthetic``), sample images.
 """
 
 from .._lazy import lazy_submodules

@@ -119,9 +119,12 @@ def check_batch(batch: dict, config) -> None:
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
     """Shuffle, then sort each mega-batch of ``mega`` x ``group`` samples by length (longest first), so that the
-    samples batched together have similar lengths and little padding. This is the idea of LLaVA's
-    ``group_by_modality_length`` and the Hugging Face Trainer's ``group_by_length``; ``group`` is the global batch
-    (micro-batch x processes), because Accelerate deals consecutive micro-batches to the processes.
+    samples batched together have similar lengths and little padding: the ``group_by_length`` setting, after the
+    Hugging Face Trainer's option of that name (transformers 5.24.0 ``trainer_pt_utils.get_length_grouped_indices``,
+    mega-batches of up to 50 batches sorted longest first). ``group`` is the global batch (micro-batch x processes),
+    because Accelerate deals consecutive micro-batches to the processes. It is not LLaVA's
+    ``group_by_modality_length`` (``sampling.ModalityLengthGroupedSampler``), which keeps each step to one modality
+    and uses its length sort only to balance the work across processes.
 
     Deterministic: the order depends only on ``seed`` and the epoch (``set_epoch``, which Accelerate calls).
     """

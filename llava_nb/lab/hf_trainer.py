@@ -10,7 +10,8 @@ process per GPU (or per CPU "rank")::
 On a CPU the process group must be gloo, and the Trainer does not set one up for DeepSpeed there (see
 ``_deepspeed_state_on_cpu``); nor may it be told ``use_cpu=True``, which makes Accelerate drop DeepSpeed and run
 plain DDP without a word. Each rank writes what it saw to
-``out/rank<N>.json``: the engine class, the resolved DeepSpeed config, the losses, and its ZeRO-3 shard sizes.
+``out/rank<N>.json``: the engine class, the resolved DeepSpeed config and the norm the engine clips gradients at, the
+losses, and its ZeRO-3 shard sizes.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def run(config: str, out_dir: str, max_steps: int = 4, micro_batch: int = 4, lr:
     record = {
         "config": config, "rank": rank, "world_size": args.world_size, "engine": type(engine).__name__,
         "deepspeed_config": trainer.accelerator.state.deepspeed_plugin.deepspeed_config,
+        # the norm DeepSpeed really clips at (0: none): its default where the file has no gradient_clipping key
+        "gradient_clipping": engine.gradient_clipping(),
         "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
         # ZeRO-3 leaves each parameter an empty placeholder and keeps this rank's slice in ds_tensor
         "numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),

@@ -190,9 +190,9 @@ def cpu_step_profile(model, batch: dict, bf16: bool, steps: int = 20, warmup: in
     The model's weights change as it trains; the time of a step does not depend on them."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ..training.worker import make_optimizer
+    from ..training.optimizer import make_optimizer
 
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-4, 0.0)
+    optimizer = make_optimizer(model, 1e-4, 0.0)
     model.train()
 
     def step():

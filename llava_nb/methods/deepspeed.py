@@ -1,7 +1,17 @@
 """LLaVA's DeepSpeed settings: its ``scripts/zero2.json``, ``zero3.json`` and ``zero3_offload.json``, and the config
 each DeepSpeed engine runs with, every ``"auto"`` resolved as the Hugging Face Trainer resolves it
 (``reduce_bucket_size = h*h``, ``stage3_prefetch_bucket_size = 0.9*h*h``, ``stage3_param_persistence_threshold = 10*h``
-for the LLM's hidden size ``h``). Pure Python."""
+for the LLM's hidden size ``h``). Pure Python.
+
+Gradient clipping, as LLaVA's runs really had it: ``zero2.json`` and ``zero3.json`` have no ``gradient_clipping``
+key, and the Trainer fills only "auto" entries (transformers 4.37.2 integrations/deepspeed.py:119-126,150), so
+DeepSpeed's default applied, which in the version LLaVA pins is 0, no clipping (deepspeed 0.12.6
+runtime/constants.py:211; ZeRO clips only ``if self.clip_grad > 0.``, zero/stage_1_and_2.py:1912, zero/stage3.py:2033).
+Only ``zero3_offload.json:51`` says "auto", the Trainer's ``max_grad_norm``, 1.0 by default (training_args.py:739).
+``deepspeed_config`` therefore writes ``gradient_clipping`` as ``max_grad_norm`` and, with none given, 0.0 (1.0 for
+zero3-offload). It writes the 0.0 out rather than leave the key out: DeepSpeed 0.19.8, the version installed here,
+defaults a missing key to 1.0 (runtime/constants.py:203).
+"""
 
 from __future__ import annotations
 
@@ -39,9 +49,9 @@ LLAVA_COMMON = {
     "train_batch_size": "auto",
     "gradient_accumulation_steps": "auto",
 }
-#: zero3_offload.json's extras: bf16 forced on, DeepSpeed's own AdamW and WarmupLR (their values "auto" too).
+#: zero3_offload.json's extras: DeepSpeed's own AdamW and WarmupLR (their values "auto" too), clipping at the
+#: Trainer's max_grad_norm ("auto"). (Its bf16 is "auto" as in the others, since LLaVA's commit 6b3079e.)
 LLAVA_OFFLOAD_EXTRA = {
-    "bf16": {"enabled": True},
     "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
     "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": "auto", "warmup_max_lr": "auto",
                                                   "warmup_num_steps": "auto"}},
@@ -70,17 +80,26 @@ def llava_deepspeed_path(name: str):
     return Path(__file__).parent / "configs" / LLAVA_FILES[name]
 
 
+def default_clipping(method: str) -> float:
+    """The gradient norm LLaVA's own DeepSpeed file for ``method``'s engine clips at (0.0: none; module docstring)."""
+    return 1.0 if get_method(method).engine.name == "zero3-offload" else 0.0
+
+
 def llm_hidden_size(config) -> int:
     text = getattr(config, "text_config", config)
     return int(text.hidden_size)
 
 
 def deepspeed_config(method: str, hidden_size: int, micro_batch: int = 1, world_size: int = 1,
-                     gradient_accumulation_steps: int = 1, bf16: bool = True, **zero_overrides) -> dict:
+                     gradient_accumulation_steps: int = 1, bf16: bool = True, *, max_grad_norm: float | None = None,
+                     **zero_overrides) -> dict:
     """The DeepSpeed config ``method`` runs with, every ``"auto"`` resolved as the HF Trainer resolves it.
 
-    ``ddp`` is stage 0 (no sharding: what ``DeepSpeedPlugin`` would run for it); ``zero1`` is LLaVA's ``zero2.json`` with stage 1. ``zero_overrides`` replace
-    entries of ``zero_optimization`` (e.g. ``stage3_param_persistence_threshold=0`` to see tiny models sharded).
+    ``ddp`` is stage 0 (no sharding: what ``DeepSpeedPlugin`` would run for it); ``zero1`` is LLaVA's ``zero2.json``
+    with stage 1. ``gradient_clipping`` is ``max_grad_norm``; None means LLaVA's file: 0.0, no clipping, for
+    zero1/2/3 (their JSON has no such key) and 1.0 for zero3-offload ("auto", the Trainer's default max_grad_norm)
+    (see the module docstring). ``zero_overrides`` replace entries of ``zero_optimization`` (e.g.
+    ``stage3_param_persistence_threshold=0`` to see tiny models sharded).
     """
     engine = get_method(method).engine
     if engine.kind != "deepspeed" and engine.name != "ddp":
@@ -97,7 +116,8 @@ def deepspeed_config(method: str, hidden_size: int, micro_batch: int = 1, world_
     config = {"train_micro_batch_size_per_gpu": micro_batch,
               "gradient_accumulation_steps": gradient_accumulation_steps,
               "train_batch_size": micro_batch * world_size * gradient_accumulation_steps,
-              "bf16": {"enabled": bf16}, "zero_optimization": zero, "gradient_clipping": 1.0,
+              "bf16": {"enabled": bf16}, "zero_optimization": zero,
+              "gradient_clipping": float(max_grad_norm if max_grad_norm is not None else default_clipping(method)),
               "steps_per_print": 10**9, "wall_clock_breakdown": False}
     if method == "zero3-offload":
         # torch's AdamW on the CPU (no compiled DeepSpeedCPUAdam needed); DeepSpeed refuses it unless told to.

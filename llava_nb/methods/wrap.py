@@ -13,12 +13,13 @@ from .registry import Method, get_method
 
 def accelerator_kwargs(method: Method | str, *, mixed_precision: str, gradient_accumulation_steps: int,
                        micro_batch: int, world_size: int, hidden_size: int, block_classes=None,
-                       find_unused_parameters: bool = False) -> dict:
-    """Extra keyword arguments for ``Accelerator(...)`` that make it run ``method``'s engine."""
+                       find_unused_parameters: bool = False, max_grad_norm: float | None = None) -> dict:
+    """Extra keyword arguments for ``Accelerator(...)`` that make it run ``method``'s engine. ``max_grad_norm``
+    only matters to DeepSpeed, which clips inside its own step (its config's ``gradient_clipping``)."""
     engine = get_method(method).engine
     if engine.kind == "deepspeed":
         return _deepspeed_kwargs(engine.name, mixed_precision, gradient_accumulation_steps, micro_batch, world_size,
-                                 hidden_size)
+                                 hidden_size, max_grad_norm)
     if engine.kind == "fsdp":
         return _fsdp_kwargs(mixed_precision, block_classes)
     from accelerate import DistributedDataParallelKwargs
@@ -29,8 +30,9 @@ def accelerator_kwargs(method: Method | str, *, mixed_precision: str, gradient_a
 
 
 def _deepspeed_kwargs(name: str, mixed_precision: str, accumulation: int, micro_batch: int, world_size: int,
-                      hidden_size: int) -> dict:
-    """Accelerate's ``DeepSpeedPlugin`` with LLaVA's ZeRO settings; bf16 follows ``mixed_precision``.
+                      hidden_size: int, max_grad_norm: float | None) -> dict:
+    """Accelerate's ``DeepSpeedPlugin`` with LLaVA's ZeRO settings; bf16 follows ``mixed_precision``, gradient
+    clipping ``max_grad_norm`` (None: LLaVA's file, ``deepspeed.deepspeed_config``).
 
     Without GPUs Accelerate must not be given ``cpu=True`` (it would silently drop the plugin and run DDP); the
     process group is gloo instead, and DeepSpeed's CPU accelerator drives it.
@@ -42,7 +44,7 @@ def _deepspeed_kwargs(name: str, mixed_precision: str, accumulation: int, micro_
     from .deepspeed import deepspeed_config
 
     config = deepspeed_config(name, hidden_size, micro_batch, world_size, accumulation,
-                              bf16=mixed_precision == "bf16")
+                              bf16=mixed_precision == "bf16", max_grad_norm=max_grad_norm)
     out = {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=config)}
     if not torch.cuda.is_available():
         out["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]

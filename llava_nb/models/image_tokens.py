@@ -158,6 +158,18 @@ def count_image_tokens(model, height: int, width: int) -> int:
     return n + (1 if cfg.vision_feature_select_strategy == "full" else 0)
 
 
+def max_image_tokens(model) -> int:
+    """The most image tokens one image of any size becomes: v1/v1.5's fixed count; for v1.6 the global view plus
+    the largest pinpoint's whole feature grid and one newline per row (unpadding only removes rows or columns, so
+    no image exceeds it; an image of the pinpoint's own shape reaches it)."""
+    cfg = as_numbers(model)
+    if cfg.model_type != "llava_next":
+        return count_image_tokens(cfg, 1, 1)
+    tile = cfg.vision_config.image_size
+    p = tile // cfg.vision_config.patch_size
+    return p * p + max(p * (bh // tile) * p * (bw // tile) + p * (bh // tile) for bh, bw in cfg.image_grid_pinpoints)
+
+
 def image_token_id(cfg) -> int:
     """The ``<image>`` id: ``image_token_id`` of a transformers config, ``image_token_index`` of a ``ModelSpec``."""
     value = getattr(cfg, "image_token_id", None)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import LlavaNbError
 from ..paths import TOKENIZER_DIR
+from .checkpoint_check import check_checkpoint
 from .specs import get_spec
 from .templates import IMAGE_TOKEN, VICUNA_SYSTEM
 
@@ -82,6 +83,7 @@ def write_standin(spec, out: Path, seed: int = 0, device: str | None = None) -> 
     standin_processor(config).save_pretrained(tmp)
     (tmp / "llava_nb_standin.json").write_text(json.dumps({"like": spec.llava_nb_name, "seed": seed,
                                                             "weights": "random"}) + "\n")
+    check_checkpoint(tmp)  # what train() checks first: a stand-in passes it, as a real llava-hf checkpoint does
     if out.exists():
         out.rmdir()  # empty: check_standin refuses a folder with files
     tmp.rename(out)

@@ -87,7 +87,8 @@ def tokenize_conversation(tokenizer, turns: list[dict], template: str, n_image_t
     ``n_image_tokens`` is how many features the record's image becomes (``count_image_tokens``). Truncation to
     ``max_length`` cuts text from the end and reports how much in ``truncated``; it never cuts through the image
     tokens: such a sample is refused with ``ImageTokenMismatchError``, the error transformers would otherwise raise
-    later as "Image features and image tokens do not match".
+    later as "Image features and image tokens do not match". ``train()`` never gets here with a sample too long:
+    it refuses one before any process starts (``data.lengths``).
     """
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     ids, labels, span = [tokenizer.bos_token_id], [IGNORE_INDEX], None

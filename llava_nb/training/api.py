@@ -30,6 +30,7 @@ from ..paths import CACHE_DIR
 from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
 from .loading import _model_config, tiny_name
+from .preflight import check_data, check_model
 
 
 class TrainingError(RuntimeError):
@@ -80,6 +81,7 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
         raise LlavaNbError(f"stage must be 1 or 2, got {stage!r}")
     stage = int(stage)
     model = str(model)
+    check_model(model)  # a checkpoint folder's config, processor and tokenizer, before anything reads them
     tiny = tiny_name(model)
     if method is None:
         method = TINY_METHOD if tiny else FULL_METHODS[stage]
@@ -93,6 +95,7 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     cfg.batch_split(processes)  # a batch that cannot be split fails here, before any process starts
     if data is None:
         data, image_folder, eval_data = _synthetic_for(model, tiny, stage, seed, cfg)
+    check_data(model, stage, cfg, data, image_folder, eval_data)  # every sample fits max_length (before stage 1)
     start = time.perf_counter()
     if tiny:
         from .pretrain import ensure_pretrained_parts
@@ -142,7 +145,7 @@ def _config(config: TrainConfig | None, settings: dict, tiny: bool, stage: int, 
 def _plan(model: str, method, cfg: TrainConfig, processes: int):
     """The plan for a real checkpoint on GPUs (``training.plan``), printed; None on a CPU without
     ``gpu_memory_gib``. Nothing fits: a ``PlanError`` naming what would, before any weights load."""
-    from .launch import gpu_memory_gib
+    from .launch import gpu_memory_gib, host_memory_gib
     from .plan import make_plan
 
     memory = cfg.gpu_memory_gib or gpu_memory_gib()
@@ -150,7 +153,8 @@ def _plan(model: str, method, cfg: TrainConfig, processes: int):
         return None
     plan = make_plan(_model_config(model), method.name, gpus=processes, gpu_memory_gib=memory,
                      global_batch=cfg.batch_size, seq_len=cfg.max_length,
-                     grad_checkpointing=cfg.gradient_checkpointing, micro_batch=cfg.micro_batch)
+                     grad_checkpointing=cfg.gradient_checkpointing, micro_batch=cfg.micro_batch,
+                     host_memory_gib=host_memory_gib())
     print(plan.summary(), flush=True)
     if not plan.fits:
         import warnings

@@ -44,13 +44,13 @@ TINY_LORA = dict(lr=2e-3, epochs=6, weight_decay=0.0, mixed_precision="no", attn
                  lora_alpha=32)
 #: LLaVA-1.5's recipe for real checkpoints, from haotian-liu/LLaVA@c121f04 scripts/v1_5/pretrain.sh (stage 1) and
 #: finetune.sh (stage 2), flag by flag: each setting's source line is in ``FULL_SOURCES`` (the book tables them).
-#: The global batch is the per-GPU batch on LLaVA's 8 GPUs. finetune.sh:16's --group_by_modality_length groups
-#: samples by length (and image/text-only); ``group_by_length`` does the first.
+#: The global batch is the per-GPU batch on LLaVA's 8 GPUs. finetune.sh:16's --group_by_modality_length is
+#: ``group_by_modality_length`` (``data.sampling``: one modality per step, lengths balanced across processes).
 FULL_HYPERPARAMS = {
     1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03, mixed_precision="bf16",
             tf32=True, gradient_checkpointing=True),
-    2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03, group_by_length=True,
-            mixed_precision="bf16", tf32=True, gradient_checkpointing=True),
+    2: dict(lr=2e-5, epochs=1, batch_size=128, max_length=2048, warmup_ratio=0.03,
+            group_by_modality_length=True, mixed_precision="bf16", tf32=True, gradient_checkpointing=True),
 }
 #: LLaVA-1.5's engines for real checkpoints: ZeRO-2 for stage 1 (pretrain.sh:4 --deepspeed ./scripts/zero2.json),
 #: ZeRO-3 for stage 2 (finetune.sh:4 --deepspeed ./scripts/zero3.json; finetune_lora.sh:5 runs LoRA on it too).
@@ -69,7 +69,18 @@ FULL_SOURCES = {
     "tf32": ("pretrain.sh:30 --tf32 True", "finetune.sh:32 --tf32 True"),
     "gradient_checkpointing": ("pretrain.sh:32 --gradient_checkpointing True",
                                "finetune.sh:34 --gradient_checkpointing True"),
-    "group_by_length": ("(not set)", "finetune.sh:16 --group_by_modality_length True (length part only)"),
+    "group_by_modality_length": ("(not set)", "finetune.sh:16 --group_by_modality_length True"),
+}
+#: LLaVA-1.5's LoRA recipe for real checkpoints (stage 2 with an adapter), from haotian-liu/LLaVA@c121f04
+#: scripts/v1_5/finetune_lora.sh: adapters at 2e-4, the projector (trained in full) at its own 2e-5; every other
+#: flag is finetune.sh's (the two files differ in lines 4 and 28 and the output folder). Sources in
+#: ``FULL_LORA_SOURCES``.
+FULL_LORA = dict(lr=2e-4, mm_projector_lr=2e-5, lora_r=128, lora_alpha=256)
+FULL_LORA_SOURCES = {
+    "lr": "finetune_lora.sh:28 --learning_rate 2e-4",
+    "mm_projector_lr": "finetune_lora.sh:4 --mm_projector_lr 2e-5",
+    "lora_r": "finetune_lora.sh:4 --lora_r 128",
+    "lora_alpha": "finetune_lora.sh:4 --lora_alpha 256",
 }
 #: tiny models: torch DDP over 2 CPU processes (or every GPU)
 TINY_METHOD = "ddp"
@@ -84,6 +95,7 @@ class TrainConfig:
     """Every setting of a training run, typed. ``TrainConfig.recipe`` fills in the recipe for a model and stage."""
 
     lr: float = 2e-5
+    mm_projector_lr: float | None = None  # the projector's own lr (LLaVA's --mm_projector_lr; None: lr)
     epochs: int = 1
     batch_size: int = 128  # samples per optimizer step, over every process
     micro_batch: int | None = None  # samples per process per forward (None: from the other two)
@@ -95,8 +107,9 @@ class TrainConfig:
     tf32: bool = False  # TensorFloat-32 matrix products for what stays fp32, on GPUs that have it
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None  # None: the model's own ("sdpa"); "eager"
-    group_by_length: bool = False
-    max_grad_norm: float | None = None
+    group_by_length: bool = False  # the Hugging Face Trainer's: batches of similar length (data.dataset)
+    group_by_modality_length: bool = False  # LLaVA's: one modality per step (data.sampling)
+    max_grad_norm: float | None = None  # None: LLaVA's (no clipping; zero3-offload 1.0), 0: none
     lora_r: int = 128  # LoRA: LLaVA's finetune_lora.sh
     lora_alpha: int = 256
     lora_dropout: float = 0.05
@@ -121,24 +134,28 @@ class TrainConfig:
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        for name in ("lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps", "max_length",
-                     "lora_r", "lora_alpha", "max_steps", "stop_after", "num_processes", "eval_max", "n_images"):
+        for name in ("lr", "mm_projector_lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps",
+                     "max_length", "lora_r", "lora_alpha", "max_steps", "stop_after", "num_processes", "eval_max", "n_images"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")
         for name in ("warmup_ratio", "lora_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            raise ConfigError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm!r}")
+        if self.group_by_length and self.group_by_modality_length:
+            raise ConfigError("group_by_length and group_by_modality_length are two different samplers; set only one")
 
     @classmethod
     def recipe(cls, tiny: bool, stage: int, adapter: bool = False, **overrides) -> TrainConfig:
-        """The recipe for a tiny model or a real checkpoint at ``stage`` (LoRA's own on tiny models), then
-        ``overrides``; an unknown name is an error that lists the known ones."""
+        """The recipe for a tiny model or a real checkpoint at ``stage`` (LoRA's own for stage 2 with an adapter),
+        then ``overrides``; an unknown name is an error that lists the known ones."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-        lora = TINY_LORA if tiny and stage == 2 and adapter else {}
+        lora = (TINY_LORA if tiny else FULL_LORA) if stage == 2 and adapter else {}
         return cls(**{**(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **lora, **overrides})
 
     def batch_split(self, processes: int) -> tuple[int, int]:

@@ -18,12 +18,14 @@ def normalise_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def generate_answers(model, dataset: ConversationDataset, batch_size: int = 32, max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers to each record's last question, batched with left padding."""
+def generate_answers(model, dataset: ConversationDataset, batch_size: int = 32, max_new_tokens: int = 8,
+                     padding_side: str = "left") -> list[str]:
+    """Greedy answers to each record's last question, batched with left padding (``padding_side="right"`` only to
+    show what it breaks: a shorter prompt's generation would continue after its pad tokens)."""
     from ..models.templates import tokenize_conversation
 
     tok = dataset.tokenizer
-    collate = Collator(tok.pad_token_id, padding_side="left")
+    collate = Collator(tok.pad_token_id, padding_side=padding_side)
     answers = []
     model.eval()
     device = next(model.parameters()).device

@@ -17,6 +17,14 @@ def _in_distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
 
 
+def host_memory_gib() -> float | None:
+    """This machine's RAM in GiB (the kernel's page count times the page size); None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def gpu_memory_gib() -> float | None:
     """Memory of the first GPU in GiB (what ``torch.cuda.get_device_properties().total_memory`` reports), read from
     NVML through ``nvidia-smi`` so that this process does not initialise CUDA (which would forbid forking workers);

@@ -36,11 +36,10 @@ def default_template(config, stage: int) -> str:
 def load_for_training(model: str, stage: int, **load_kwargs):
     """(model, tokenizer, image_processor) for a tiny name (pretrained parts, random projector), a checkpoint
     folder, or a Hub id; ``load_kwargs`` go to ``from_pretrained`` (the method's dtype, QLoRA's quantization
-    config: ``methods.setup.load_kwargs``)."""
+    config: ``methods.setup.load_kwargs``). A checkpoint folder's files are checked before its weights load
+    (``models.checkpoint_check``)."""
     from ..models.architectures import build_model, load_model
     from .pretrain import load_pretrained_parts
-    from ..models.processors import build_image_processor, load_processor
-    from ..models.tokenizer import load_tokenizer
 
     if tiny_name(model) and not Path(model).is_dir():
         if "quantization_config" in load_kwargs:
@@ -49,13 +48,46 @@ def load_for_training(model: str, stage: int, **load_kwargs):
         with _whole_model_construction():  # built in fp32; the method's set-up casts it
             net = build_model(model)
             load_pretrained_parts(net)
-        return net, load_tokenizer(), build_image_processor(net.config)
-    net = load_model(model, **load_kwargs)
-    folder = Path(model)
-    if folder.is_dir() and not any((folder / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
-        return net, load_tokenizer(), build_image_processor(net.config)
+        return (net, *load_processing(model))
+    tokenizer, image_processor = load_processing(model)
+    return load_model(model, **load_kwargs), tokenizer, image_processor
+
+
+def _uses_tiny_processing(model: str, check: bool = True) -> bool:
+    """A tiny name, or a tiny model's folder without a processor: the committed tiny tokenizer and an image
+    processor built from the config (what it was built with). ``check``: check a folder's files first."""
+    if not Path(model).is_dir():
+        return bool(tiny_name(model))
+    from ..models.checkpoint_check import check_checkpoint, has_own_processor
+
+    if check:
+        return check_checkpoint(model).processor_file is None
+    return not has_own_processor(model)
+
+
+def load_processing(model: str):
+    """(tokenizer, image_processor) of a tiny name, checkpoint folder (its files checked) or Hub id; no weights."""
+    from ..models.processors import build_image_processor, load_processor
+    from ..models.tokenizer import load_tokenizer
+
+    if _uses_tiny_processing(model):
+        return load_tokenizer(), build_image_processor(_model_config(model))
     processor = load_processor(model)
-    return net, processor.tokenizer, processor.image_processor
+    return processor.tokenizer, processor.image_processor
+
+
+def load_text_tokenizer(model: str):
+    """The tokenizer ``load_processing`` gives, alone (a checkpoint folder's tokenizer files only, the folder
+    checked before: ``preflight.check_model``)."""
+    from ..models.tokenizer import load_tokenizer
+
+    if _uses_tiny_processing(model, check=False):
+        return load_tokenizer()
+    if Path(model).is_dir():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    return load_processing(model)[0]
 
 
 @contextlib.contextmanager

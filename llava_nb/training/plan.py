@@ -6,6 +6,14 @@ decides, so ``python -m llava_nb plan`` answers at once and a plan that cannot f
 
 The micro-batch is the largest one that fits (peak below the card's memory less the headroom) and divides the
 global batch over the GPUs; the accumulation makes up the rest.
+
+Offloading methods also need host memory (``MemoryEstimate.cpu_gib``: the CPU copies of the weights, the fp32 master
+weights, gradients and AdamW states of every rank on the machine). Given the machine's memory, the plan refuses one
+whose host part would not fit with ``HOST_HEADROOM`` kept free. That margin comes from a run, not from a formula: on
+a 1xH200 machine with 125 GiB of RAM, ``zero3-offload`` of llava-1.5-7b, predicted to need 117.6 GiB (under 5%
+headroom's 118.75 GiB), was killed by the kernel's out-of-memory killer (``data/gpu/train_full.jsonl``): the
+calculator's host terms leave out the process itself (CUDA and library code, the data, the checkpoint as loaded
+before DeepSpeed partitions it), which is at least 6% more there.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from ..errors import LlavaNbError
 from ..memory.estimate import DEFAULT_HEADROOM, H100_80GB_GIB, estimate_memory, max_micro_batch
 from ..methods.registry import get_method
 
+#: the fraction of host memory a plan keeps free (module docstring)
+HOST_HEADROOM = 0.10
 #: what the error suggests when nothing fits, cheapest change first
 ALTERNATIVES = ("zero3+lora", "lora", "qlora", "zero3-offload")
 
@@ -41,6 +51,8 @@ class Plan:
     peak_gib: float
     fits: bool
     chosen_by: str  # "calculator" or "override"
+    host_gib: float = 0.0  # host memory the method needs on the machine (offload), 0 without
+    host_memory_gib: float | None = None  # the machine's, where known (then checked)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,18 +63,23 @@ class Plan:
         return (f"plan: {self.model}, {self.method}, bf16, checkpointing {'on' if self.grad_checkpointing else 'off'}; "
                 f"micro-batch {self.micro_batch} x {self.gpus} GPU(s) x {self.accumulation} accumulation = "
                 f"{self.global_batch} (micro-batch by {self.chosen_by}); predicted per GPU: steady "
-                f"{self.steady_gib:.1f} GiB, peak {self.peak_gib:.1f} GiB of {self.gpu_memory_gib:g} GiB ({verdict})")
+                f"{self.steady_gib:.1f} GiB, peak {self.peak_gib:.1f} GiB of {self.gpu_memory_gib:g} GiB ({verdict})"
+                + (f"; host {self.host_gib:.1f} GiB" + (f" of {self.host_memory_gib:.0f} GiB" if self.host_memory_gib
+                                                         else "") if self.host_gib else ""))
 
 
 def make_plan(model, method: str, gpus: int = 1, gpu_memory_gib: float = H100_80GB_GIB, global_batch: int = 128,
               seq_len: int = 2048, grad_checkpointing: bool = True, headroom: float = DEFAULT_HEADROOM,
-              micro_batch: int | None = None, image_size=None) -> Plan:
-    """The plan for training ``model`` with ``method`` on ``gpus`` cards of ``gpu_memory_gib`` each.
+              micro_batch: int | None = None, image_size=None, host_memory_gib: float | None = None) -> Plan:
+    """The plan for training ``model`` with ``method`` on ``gpus`` cards of ``gpu_memory_gib`` each, on a machine
+    with ``host_memory_gib`` of RAM (None: not checked).
 
     ``micro_batch`` overrides the calculator's choice (the plan then says whether it fits). Raises ``PlanError``
-    when nothing fits, naming what would."""
+    when nothing fits, naming what would, and when an offloading method's host part does not fit."""
     name = get_method(method).name
     _check(gpus, gpu_memory_gib, global_batch, headroom, micro_batch)
+    if host_memory_gib is not None and not host_memory_gib > 0:
+        raise PlanError(f"host_memory_gib must be positive, got {host_memory_gib!r}")
     kw = dict(gpus=gpus, seq_len=seq_len, grad_checkpointing=grad_checkpointing, image_size=image_size)
     largest = max_micro_batch(model, name, gpu_memory_gib, headroom, limit=max(1, global_batch // gpus), **kw)
     if micro_batch is None:
@@ -77,11 +94,26 @@ def make_plan(model, method: str, gpus: int = 1, gpu_memory_gib: float = H100_80
     else:
         micro = micro_batch
     est = estimate_memory(model, name, micro_batch=micro, **kw)
+    _check_host(model, name, est.cpu_gib, host_memory_gib, gpu_memory_gib, headroom, kw)
     return Plan(model=est.model, method=name, gpus=gpus, gpu_memory_gib=gpu_memory_gib, headroom=headroom,
                 global_batch=global_batch, seq_len=seq_len, grad_checkpointing=grad_checkpointing, micro_batch=micro,
                 accumulation=global_batch // (gpus * micro), largest_that_fits=largest,
                 steady_gib=est.steady_gib, peak_gib=est.peak_gib, fits=est.fits(gpu_memory_gib, headroom),
-                chosen_by="calculator" if micro_batch is None else "override")
+                chosen_by="calculator" if micro_batch is None else "override", host_gib=est.cpu_gib,
+                host_memory_gib=host_memory_gib)
+
+
+def _check_host(model, method: str, need: float, host: float | None, gpu_memory_gib: float, headroom: float,
+                kw: dict) -> None:
+    """A ``PlanError`` when the host part ``need`` (GiB) exceeds ``host`` less ``HOST_HEADROOM``."""
+    if not need or host is None or need <= host * (1 - HOST_HEADROOM):
+        return
+    options = [f"{other} ({est.peak_gib:.1f} GiB per GPU)" for other in ALTERNATIVES if other != method
+               for est in [estimate_memory(model, other, micro_batch=1, **kw)]
+               if not est.cpu_gib and est.fits(gpu_memory_gib, headroom)]
+    raise PlanError(f"{method} needs about {need:.1f} GiB of host memory for what it offloads, more than this "
+                    f"machine's {host:.0f} GiB less {HOST_HEADROOM:.0%} kept free; use a machine with more RAM"
+                    + ("; would fit: " + ", ".join(options) if options else ""))
 
 
 def _check(gpus, gpu_memory_gib, global_batch, headroom, micro_batch) -> None:

@@ -19,6 +19,7 @@ import torch
 from ..errors import LlavaNbError
 from .config import TrainSpec
 from .loading import _model_config, default_template, load_for_training
+from .optimizer import make_optimizer
 
 
 class Progress:
@@ -33,17 +34,6 @@ class Progress:
 
     def load_state_dict(self, state):
         self.step, self.losses = int(state["step"]), list(state["losses"])
-
-
-def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: biases and norm weights (1-D) are not decayed, the Hugging Face
-    Trainer's rule and so LLaVA's. Decay pulls every weight towards zero by ``lr * weight_decay`` of itself a step;
-    on a norm's gain, whose neutral value is 1, that would be a bias rather than a regulariser."""
-    params = list(params)
-    matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in params]  # ZeRO-3: the shape before partitioning
-    groups = [{"params": [p for p, m in zip(params, matrix) if m], "weight_decay": weight_decay},
-              {"params": [p for p, m in zip(params, matrix) if not m], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
 def run_worker(spec: TrainSpec) -> None:
@@ -92,24 +82,34 @@ def _run_worker(spec: TrainSpec) -> None:
     template = cfg.template or default_template(model.config, spec.stage)
     dataset = _dataset(spec, model.config, tokenizer, image_processor, template)
     micro, accum = cfg.batch_split(accelerator.num_processes)
-    loader = _loader(dataset, micro, accelerator.num_processes, cfg.group_by_length, spec.seed, tokenizer)
+    loader = _loader(dataset, micro, accelerator.num_processes, accum, cfg, spec.seed, tokenizer)
     total = cfg.max_steps or len(loader) // (accelerator.num_processes * accum) * cfg.epochs
     if total < 1:
         raise LlavaNbError(f"{len(dataset)} samples give no full batch of {cfg.batch_size}; lower batch_size")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.mm_projector_lr)  # LLaVA's groups (.optimizer)
     # The scheduler is stepped by hand once per optimizer step (not handed to prepare(), which would step it once
     # per process) and saved with the state through register_for_checkpointing.
     from transformers import get_cosine_schedule_with_warmup
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # Read only now: FSDP2 replaces every parameter with a sharded copy, and a list taken before prepare() would
+    # clip stale tensors while keeping them alive (at 7B, 25 GiB of fp32 weights on one GPU).
+    params = [p for p in model.parameters() if p.requires_grad]
     progress = Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
     if cfg.resume_from:
         accelerator.load_state(cfg.resume_from)
+    config = accelerator.unwrap_model(model).config
     states, measured = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
                                    Path(spec.output_dir))
+    if measured.get("device_name"):  # on GPUs: model FLOPs utilisation (models.flops)
+        from ..models.flops import mfu
+
+        measured["mfu"] = mfu(config, measured["tokens"], measured["tokens_squared"], measured["seconds"],
+                              accelerator.num_processes, measured["device_name"],
+                              frozen_base=method.adapter.name != "none" or spec.stage == 1,
+                              lora_r=cfg.lora_r if method.adapter.name != "none" else 0)
     result = {"model": spec.model, "stage": spec.stage, "method": method.name, "template": template,
               "steps": progress.step, "total_steps": total, "finished": progress.step >= total,
               "losses": progress.losses, "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
@@ -118,7 +118,10 @@ def _run_worker(spec: TrainSpec) -> None:
               "hyperparams": {k: v for k, v in asdict(cfg).items() if k != "resume_from"},
               "spec": spec.fingerprint, "engine": type(model).__name__,  # DeepSpeedEngine, DistributedDataParallel
               "attention": attention, "trainable_parameters": trainable, "states": states, "measured": measured,
-              "quantized_linears": quantized}  # bitsandbytes layers in the trained model (QLoRA)
+              "quantized_linears": quantized,  # bitsandbytes layers in the trained model (QLoRA)
+              "gradient_clipping": _clipping(accelerator, model, cfg),
+              "deepspeed_config": accelerator.state.deepspeed_plugin.deepspeed_config if _deepspeed(accelerator)
+              else None}  # as the engine got it (methods.deepspeed, then Accelerate's additions)
     from .finish import finish
 
     finish(accelerator, model, spec, method, result, tokenizer, image_processor, template, start)
@@ -146,7 +149,7 @@ def _accelerator(spec: TrainSpec, method):
     kwargs = accelerator_kwargs(method, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=accum,
                                 micro_batch=micro, world_size=world, hidden_size=llm_hidden_size(config),
                                 block_classes=fsdp_block_classes(config) if method.engine.kind == "fsdp" else None,
-                                find_unused_parameters=cfg.find_unused_parameters)
+                                find_unused_parameters=cfg.find_unused_parameters, max_grad_norm=cfg.max_grad_norm)
     # cpu=True would make Accelerate drop a DeepSpeed plugin silently (and run DDP): DeepSpeed methods get a gloo
     # process group from their kwargs instead
     accelerator = Accelerator(
@@ -166,13 +169,20 @@ def _dataset(spec: TrainSpec, config, tokenizer, image_processor, template):
     return ConversationDataset(records, tokenizer, config, template, spec.config.max_length, image_processor)
 
 
-def _loader(dataset, micro: int, world: int, group_by_length: bool, seed: int, tokenizer):
-    """Batches of ``micro`` samples per process: shuffled, or grouped by length over ``micro * world`` samples."""
+def _loader(dataset, micro: int, world: int, accum: int, cfg, seed: int, tokenizer):
+    """Batches of ``micro`` samples per process: shuffled; grouped by length over ``micro * world`` samples
+    (``group_by_length``); or LLaVA's one modality per step (``group_by_modality_length``). Accelerate's
+    ``prepare`` deals the loader's consecutive batches to the processes in turn."""
     from ..data.dataset import Collator, LengthGroupedSampler
+    from ..data.sampling import ModalityLengthGroupedSampler, modality_lengths
 
     collate = Collator(tokenizer.pad_token_id)
-    if group_by_length:  # batches of similar length, less padding
+    sampler = None
+    if cfg.group_by_length:  # batches of similar length, less padding
         sampler = LengthGroupedSampler([len(it.input_ids) for it in dataset.items], micro * world, seed=seed)
+    elif cfg.group_by_modality_length:  # LLaVA's finetune.sh:16
+        sampler = ModalityLengthGroupedSampler(modality_lengths(dataset.records), micro, world, accum, seed=seed)
+    if sampler is not None:
         return torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True,
                                            collate_fn=collate)
     generator = torch.Generator().manual_seed(seed)
@@ -203,7 +213,9 @@ def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg,
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
-                if cfg.max_grad_norm and accelerator.sync_gradients:
+                # DeepSpeed clips inside its step, at its config's gradient_clipping (max_grad_norm, set by
+                # methods.deepspeed); Accelerate's clip_grad_norm_ only reads the engine's norm there
+                if cfg.max_grad_norm and accelerator.sync_gradients and not _deepspeed(accelerator):
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -218,6 +230,19 @@ def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg,
             break
     accelerator.wait_for_everyone()
     return probe.read(), meter.read(accelerator.num_processes)
+
+
+def _deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def _clipping(accelerator, model, cfg) -> float:
+    """The gradient norm the run clipped at (0.0: none): a DeepSpeed engine's own setting, else ``max_grad_norm``."""
+    if _deepspeed(accelerator):
+        return float(model.gradient_clipping())
+    return float(cfg.max_grad_norm or 0.0)
 
 
 def _after_step(accelerator, scheduler, progress, loss, cfg, total: int, out: Path) -> None:
