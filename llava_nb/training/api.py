@@ -31,6 +31,7 @@ from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
 from .loading import _model_config, tiny_name
 from .preflight import check_data, check_model
+from .safe_resume import check_resume_folder
 
 
 class TrainingError(RuntimeError):
@@ -88,6 +89,8 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     chosen = get_method(method, adapter).for_stage(stage)  # fails before any work on an unknown method
     eval_data = settings.pop("eval_data", None)
     cfg = _config(config, settings, bool(tiny), stage, chosen)
+    if cfg.resume_from is not None:
+        check_resume_folder(cfg.resume_from)  # inspected, never unpickled, before any process starts
     processes = cfg.num_processes or default_num_processes()
     plan = None if tiny else _plan(model, chosen, cfg, processes)
     if plan is not None and cfg.micro_batch is None and cfg.gradient_accumulation_steps is None:

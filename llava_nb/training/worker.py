@@ -99,6 +99,9 @@ def _run_worker(spec: TrainSpec) -> None:
     progress = Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
     if cfg.resume_from:
+        from .safe_resume import check_resume_folder
+
+        check_resume_folder(cfg.resume_from)  # again, as the folder is read: nothing in it may run code
         accelerator.load_state(cfg.resume_from)
     config = accelerator.unwrap_model(model).config
     states, measured = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
