@@ -140,11 +140,13 @@ def _train(args) -> tuple[dict, str]:
     hp = dict(kv.split("=", 1) for kv in args.set)
     hp = {k.replace("-", "_"): _value(v) for k, v in hp.items()}
     for key in ("lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps", "max_steps", "save_every",
-                "resume_from", "template"):
+                "save_total_limit", "resume_from", "template"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     if args.num_processes is not None:
         hp["num_processes"] = args.num_processes
+    if args.force:
+        hp["force"] = True
     if args.eval_data:
         hp["eval_data"] = args.eval_data
     result = train(args.model, args.stage, method=args.method, adapter=args.adapter, data=args.data,
@@ -157,8 +159,15 @@ def _train(args) -> tuple[dict, str]:
 
 
 def _generate(args) -> tuple[dict, str]:
-    from .training.inference import answer
+    from pathlib import Path
 
+    from .training.inference import answer
+    from .training.loading import tiny_name
+
+    if tiny_name(args.model) and not Path(args.model).is_dir():
+        print(f"warning: {args.model} is a bare name: its projector has never been trained (random weights), so the "
+              f"answer ignores the image; train it (python -m llava_nb train --model {args.model} --stage 2) and "
+              "pass the run's final/ folder", file=sys.stderr)
     text = answer(args.model, args.image, args.prompt, template=args.template, max_new_tokens=args.max_new_tokens)
     return {"model": args.model, "image": args.image, "prompt": args.prompt, "answer": text}, text
 
@@ -266,8 +275,10 @@ def _train_parser(sub):
     tr.add_argument("--micro-batch", type=int, help="samples per process per forward")
     tr.add_argument("--gradient-accumulation-steps", type=int)
     tr.add_argument("--max-steps", type=int)
-    tr.add_argument("--save-every", type=int)
-    tr.add_argument("--resume-from")
+    tr.add_argument("--save-every", type=int, help="a checkpoint every N optimizer steps")
+    tr.add_argument("--save-total-limit", type=int, help="checkpoints kept, the latest (default 2)")
+    tr.add_argument("--resume-from", help="a checkpoint folder; re-running the same command continues by itself")
+    tr.add_argument("--force", action="store_true", help="train again; an existing --output-dir is moved aside")
     tr.add_argument("--template", choices=("plain", "vicuna_v1", "mistral_instruct", "chat_template"))
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting of TrainConfig")
     return tr

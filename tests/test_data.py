@@ -58,6 +58,11 @@ def test_reads_real_formats(folder):
     ({"id": "x4", "conversations": [{"from": "human", "value": "Q"}, {"from": "robot", "value": "A"}]}, "unknown role"),
     ({"id": "x5", "conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "  "}]}, "empty answer"),
     ({"id": "x6", "conversations": [{"from": "gpt", "value": "A"}, {"from": "human", "value": "Q"}]}, "alternate"),
+    # a record cannot reach files outside image_folder, by an absolute path or by climbing out of it
+    ({"id": "x7", "image": "/etc/passwd", "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                             {"from": "gpt", "value": "A"}]}, "outside image_folder"),
+    ({"id": "x8", "image": "../data.json", "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                              {"from": "gpt", "value": "A"}]}, "outside image_folder"),
 ])
 def test_bad_records_name_id_and_problem(folder, record, problem):
     with pytest.raises(DataError) as err:

@@ -46,7 +46,7 @@ from llava_nb.training.api import synthetic_data, train
 out = sys.argv[1]
 data = synthetic_data("tiny-llava-1.5", n_images=96, n_test=8)
 stage1 = train("tiny-llava-1.5", 1, data=data["captions"], image_folder=data["image_folder"], max_steps=1,
-               batch_size=8, log_every=0, output_dir=f"{out}/stage1")
+               batch_size=8, log_every=0, output_dir=f"{out}/prior")
 for name in METHODS:
     method = get_method(name)
     run = train("tiny-llava-1.5" if method.stage == 1 else stage1["final_dir"], method.stage, method=method.key,

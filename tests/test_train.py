@@ -161,7 +161,11 @@ def test_cli_train_prints_json_last_and_generate_answers(small_data, tmp_path, c
     assert main(["generate", "--model", last["final_dir"], "--image", str(image), "--prompt", "How many?",
                  "--max-new-tokens", "2"]) == 0
     assert main(["generate", "--model", last["final_dir"], "--image", str(tmp_path / "nope.png"), "--prompt", "x"]) == 2
-    assert "no image file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no image file" in err and "warning" not in err  # a trained folder: no warning
+    assert main(["generate", "--model", "tiny-llava-1.5", "--image", str(image), "--prompt", "How many?",
+                 "--max-new-tokens", "2"]) == 0
+    assert "projector has never been trained" in capsys.readouterr().err  # a bare name: random projector
 
 
 @pytest.fixture(scope="module")

@@ -109,6 +109,8 @@ def fetch(dest: Path | None = None) -> Path:
             for member in tar.getmembers():
                 for target in _wanted(member.name, files) if member.isfile() else ():
                     out = tmp / target
+                    if not Path(os.path.normpath(out)).is_relative_to(os.path.normpath(tmp)):  # "../" in a name
+                        raise RuntimeError(f"{name}@{version}: {member.name} would be written outside {tmp}")
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_bytes(tar.extractfile(member).read())
                     found.add(target)

@@ -16,6 +16,7 @@ JSON lists of records::
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -77,7 +78,10 @@ def validate_record(record: dict, index: int, image_folder: Path | None) -> dict
     if has_image_key:
         if image_folder is None:
             raise DataError(rid, "has an image but no image_folder was given", "pass image_folder=")
-        image = Path(image_folder) / record["image"]
+        image = Path(os.path.normpath(Path(image_folder) / record["image"]))  # lexical: symlinks inside may point out
+        if not image.is_relative_to(os.path.normpath(image_folder)):
+            raise DataError(rid, f"has an image path outside image_folder ({record['image']!r})",
+                            "give images as paths relative to image_folder, inside it", kind="image outside folder")
         if not image.is_file():
             raise DataError(rid, f"missing image file {image}", "check image_folder and the record's 'image' path",
                             kind="missing image file")

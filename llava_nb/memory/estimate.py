@@ -110,6 +110,9 @@ class MemoryEstimate:
 
     def fits(self, gpu_memory_gib: float = H100_80GB_GIB, headroom: float = DEFAULT_HEADROOM) -> bool:
         """Whether the peak fits ``gpu_memory_gib`` of usable memory, keeping ``headroom`` (a fraction) free."""
+        if not gpu_memory_gib > 0 or not 0 <= headroom < 1:
+            raise MemoryConfigError(f"need gpu_memory_gib > 0 and headroom in [0, 1) (the fraction kept free), got "
+                                    f"{gpu_memory_gib!r} and {headroom!r}")
         return self.peak_gib <= gpu_memory_gib * (1 - headroom)
 
     def table(self) -> list[tuple[str, float, str]]:
@@ -127,6 +130,11 @@ def _image_tokens(model, image_size) -> int:
     elif getattr(config, "model_type", "") != "llava_next":
         raise MemoryConfigError("image_size only changes the image tokens of v1.6 (anyres) models; leave it out")
     return count_image_tokens(config, *image_size)
+
+
+#: the ``options`` estimate_memory understands (its docstring)
+OPTIONS = {"reduce_bucket_size", "sub_group_size", "stage3_param_persistence_threshold", "lora_r", "nodes", "rank",
+           "fp32_grads"}
 
 
 def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq_len: int = 2048,
@@ -148,6 +156,11 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
         raise MemoryConfigError(f"gpus must be a whole number >= 1, got {gpus!r}")
     if not isinstance(micro_batch, int) or micro_batch < 1:
         raise MemoryConfigError(f"micro_batch must be a whole number >= 1, got {micro_batch!r}")
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        raise MemoryConfigError(f"unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
+    if isinstance(model, int) and model < 1:
+        raise MemoryConfigError(f"a parameter count must be positive, got {model:,}")
     base = dict(method=chosen.name, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len,
                 grad_checkpointing=grad_checkpointing, accounting=accounting, options=dict(options))
     if accounting != "measured" and (chosen.adapter.name != "none" or chosen.stage != 2):

@@ -211,8 +211,12 @@ def resolve_name(name: str) -> str:
         return key
     if key in ALIASES:
         return ALIASES[key]
+    import difflib
+
+    close = difflib.get_close_matches(key, [*KNOWN_MODELS, *ALIASES], n=1)
     raise UnknownModelError(
-        f"unknown model {name!r}. Known names: {', '.join(KNOWN_MODELS)}; "
+        f"unknown model {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f". Known names: {', '.join(KNOWN_MODELS)}; "
         f"Hugging Face aliases: {', '.join(sorted(ALIASES))}. "
         "To load your own checkpoint, pass its folder to load_model()."
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
 from .loading import _model_config, tiny_name
 from .preflight import check_data, check_model
+from .output_dir import prepare_output
 from .safe_resume import check_resume_folder
 
 
@@ -116,9 +116,13 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     spec = TrainSpec(model, stage, chosen.key, str(data), str(image_folder) if image_folder else None,
                      str(eval_data) if eval_data else None, str(out), seed, cfg)
     spec.fingerprint = _fingerprint(spec)
-    previous = _finished_before(spec)
+    previous, resume = prepare_output(out, json.loads(json.dumps(spec.fingerprint)), cfg.force, cfg.resume_from,
+                                      managed=output_dir is None)
     if previous:
         return previous
+    if resume != cfg.resume_from:  # this run's own folder: it continues from its latest checkpoint
+        check_resume_folder(resume)
+        spec.config = dataclasses.replace(cfg, resume_from=resume)
     result = _launch_and_collect(spec, processes)
     if plan is not None:
         result["plan"] = plan.as_dict()
@@ -171,27 +175,8 @@ def _fingerprint(spec: TrainSpec) -> dict:
     """What identifies a run: everything but the settings that do not change what it computes."""
     return {**{k: v for k, v in spec.to_json().items() if k not in ("config", "fingerprint")},
             "config": {k: v for k, v in dataclasses.asdict(spec.config).items()
-                       if k not in ("force", "num_processes", "log_every")}}
-
-
-def _finished_before(spec: TrainSpec) -> dict | None:
-    """The result of the same run finished before in the same folder (``force=True`` retrains); otherwise the
-    folder is readied for a fresh run."""
-    cfg, out = spec.config, Path(spec.output_dir)
-    cached = out / "result.json"
-    if not cfg.force and cfg.resume_from is None and cached.exists():
-        previous = json.loads(cached.read_text())
-        if previous.get("spec") == json.loads(json.dumps(spec.fingerprint)) and previous.get("finished"):
-            previous["cached"] = True
-            return previous
-    for stale in [cached, *out.glob("error-rank*.txt")] if cfg.resume_from is None else out.glob("error-rank*.txt"):
-        if stale.exists():
-            stale.unlink()
-    if cfg.resume_from is None and (out / "checkpoints").is_dir():
-        # a fresh run: an earlier run's checkpoints in this folder would be overwritten one by one (DCP warns) or,
-        # worse, outlive this run and be mistaken for its own
-        shutil.rmtree(out / "checkpoints")
-    return None
+                       if k not in ("force", "num_processes", "log_every", "resume_from", "stop_after", "save_every",
+                                    "save_total_limit")}}
 
 
 def _launch_and_collect(spec: TrainSpec, processes: int) -> dict:

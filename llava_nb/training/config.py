@@ -117,6 +117,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     template: str | None = None  # None: the model's (plain for stage 1)
     save_every: int = 0
+    save_total_limit: int | None = 2  # checkpoints kept (the latest ones; None: all). At 7B one is about 100 GB
     log_every: int = 5
     max_steps: int | None = None
     stop_after: int | None = None
@@ -135,7 +136,8 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         for name in ("lr", "mm_projector_lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps",
-                     "max_length", "lora_r", "lora_alpha", "max_steps", "stop_after", "num_processes", "eval_max", "n_images"):
+                     "max_length", "lora_r", "lora_alpha", "max_steps", "stop_after", "num_processes", "eval_max",
+                     "n_images", "save_total_limit"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")

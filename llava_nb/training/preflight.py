@@ -15,11 +15,17 @@ from pathlib import Path
 
 
 def check_model(model: str) -> None:
-    """A checkpoint folder's ``CheckpointError``, if any; names and Hub ids pass (their files are fetched later)."""
+    """A checkpoint folder's ``CheckpointError``, if any; a name that is neither a known model, a folder nor a Hub id
+    (``owner/name``) is an ``UnknownModelError`` that suggests the closest known name. Hub ids pass (their files
+    are fetched later)."""
     if Path(model).is_dir():
         from ..models.checkpoint_check import check_checkpoint
 
         check_checkpoint(model)
+    elif "/" not in model:
+        from ..models.specs import resolve_name
+
+        resolve_name(model)  # "tiny-llava-1.55": unknown model (did you mean 'tiny-llava-1.5'?)
 
 
 def check_data(model: str, stage: int, cfg, data, image_folder, eval_data=None) -> None:

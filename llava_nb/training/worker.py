@@ -255,4 +255,11 @@ def _after_step(accelerator, scheduler, progress, loss, cfg, total: int, out: Pa
     if accelerator.is_main_process and cfg.log_every and progress.step % cfg.log_every == 0:
         print(f"step {progress.step}/{total} loss {progress.losses[-1]:.4f}", flush=True)
     if cfg.save_every and progress.step % cfg.save_every == 0:
-        accelerator.save_state(str(out / "checkpoints" / f"step_{progress.step}"))
+        from .output_dir import finish_checkpoint
+
+        partial = out / "checkpoints" / f"step_{progress.step}.partial"  # renamed once every process has written
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            finish_checkpoint(partial, cfg.save_total_limit)
+        accelerator.wait_for_everyone()

@@ -1,0 +1,116 @@
+"""A run's output folder: what is in it is never deleted or overwritten unless it is the run's own.
+
+    <output_dir>/run.json                 written as a run starts: the settings its files belong to (the fingerprint)
+    <output_dir>/checkpoints/step_N       every save_every steps, written as step_N.partial and renamed when
+                                          complete; the last save_total_limit are kept
+    <output_dir>/result.json, final/      when it ends
+
+Before any process starts, ``prepare_output`` looks at the folder a run is given:
+
+* new or empty: a fresh run;
+* this run's own (``run.json`` with the same settings; where it stops, ``stop_after``, and how it saves and resumes
+  are not settings of what it computes): the cached result if it finished; otherwise it continues from its latest
+  complete checkpoint, as the Hugging Face Trainer's ``resume_from_checkpoint=True`` does, or starts over if there
+  is none;
+* anything else (files ``train()`` did not write, or another run's): refused, unless ``resume_from`` says to continue
+  there, or ``force`` moves the old folder aside to ``<name>.old-<k>``: nothing is deleted. ``force`` on the run's
+  own folder moves it aside too.
+
+The project's own cache folders (``default_output_dir``, under ``.cache/runs``) are the exception: they hold no
+reader's files, and a run with other settings, or ``force``, replaces what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import LlavaNbError
+
+MANIFEST = "run.json"
+CHECKPOINT = re.compile(r"step_(\d+)")
+
+
+class OutputDirError(LlavaNbError):
+    """The output folder holds files that are not this run's own."""
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The complete checkpoint of the highest step in ``out/checkpoints`` (``.partial`` folders are incomplete)."""
+    steps = [(int(m.group(1)), p) for p in (Path(out) / "checkpoints").glob("step_*")
+             if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name))]
+    return max(steps)[1] if steps else None
+
+
+def prepare_output(out: Path, fingerprint: dict, force: bool, resume_from: str | None,
+                   managed: bool) -> tuple[dict | None, str | None]:
+    """(the cached result of this run finished before or None, the checkpoint to resume from or None); readies
+    ``out`` for the run and writes its manifest. Raises ``OutputDirError`` for a folder that is not the run's own."""
+    out = Path(out)
+    own = _manifest(out) == fingerprint
+    if own and not force:
+        finished = _finished_result(out, fingerprint)
+        if finished is not None:  # done, however it got there (resumed or not)
+            return finished, None
+        latest = latest_checkpoint(out) if resume_from is None else None
+        if latest is not None:
+            print(f"continuing from {latest}, this run's latest complete checkpoint (force=True starts over, "
+                  "moving this folder aside)", flush=True)
+            resume_from = str(latest)
+    elif resume_from is None and out.is_dir() and any(out.iterdir()):
+        if managed:
+            shutil.rmtree(out)
+        elif force:
+            print(f"moved the earlier contents of {out} to {_move_aside(out)}", flush=True)
+        else:
+            what = "another run's files (other settings)" if (out / MANIFEST).exists() else "files train() did not write"
+            raise OutputDirError(f"output_dir {out} holds {what}; choose a new folder, continue there from one of "
+                                 "its checkpoints (resume_from, --resume-from), or move it aside (force=True, --force; "
+                                 "nothing is deleted)")
+    for stale in out.glob("error-rank*.txt"):  # this run's own earlier failure
+        stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).write_text(json.dumps({"spec": fingerprint}, indent=1) + "\n")
+    return None, resume_from
+
+
+def finish_checkpoint(partial: Path, keep: int | None) -> Path:
+    """Rename a complete ``step_N.partial`` to ``step_N`` (replacing this run's own earlier ``step_N``), then keep
+    the last ``keep`` checkpoints (None: all). Main process only, after every process has written its part."""
+    final = partial.with_suffix("")
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+    if keep:
+        steps = sorted((int(m.group(1)), p) for p in final.parent.glob("step_*")
+                       if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name)))
+        for _, old in steps[:-keep]:
+            shutil.rmtree(old)
+    return final
+
+
+def _manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST).read_text()).get("spec")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _finished_result(out: Path, fingerprint: dict) -> dict | None:
+    try:
+        previous = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if previous.get("spec") == fingerprint and previous.get("finished"):
+        return {**previous, "cached": True}
+    return None
+
+
+def _move_aside(out: Path) -> Path:
+    k = 1
+    while (aside := out.with_name(f"{out.name}.old-{k}")).exists():
+        k += 1
+    out.rename(aside)
+    return aside
