@@ -68,3 +68,20 @@ def test_the_command_line_refuses_in_one_line(data, tmp_path):
                            "--output-dir", str(tmp_path / "mine")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--force" in done.stderr
     assert "did not write" in done.stderr and (tmp_path / "mine" / "paper.tex").read_text() == "draft"
+
+
+def test_resuming_with_other_settings_is_refused(data, tmp_path):
+    """The restored optimizer keeps the checkpoint's learning rate and the data position its batch: a resume that
+    asks for another lr or batch would record settings it did not train with."""
+    out = tmp_path / "run"
+    train("tiny-llava-1.5", 1, output_dir=out, save_every=2, stop_after=2, **data, **FAST)
+    checkpoint = out / "checkpoints" / "step_2"
+    assert (checkpoint / "run.json").is_file()
+    for change, says in (({"lr": 0.5}, r"lr .* -> 0\.5"), ({"batch_size": 4}, r"batch_size 8 -> 4")):
+        with pytest.raises(OutputDirError, match=rf"step_2 was trained with other settings \(.*{says}"):
+            train("tiny-llava-1.5", 1, output_dir=tmp_path / "elsewhere", resume_from=str(checkpoint),
+                  **data, **{**FAST, **change})
+        assert not (tmp_path / "elsewhere").exists()  # refused before anything was written
+    resumed = train("tiny-llava-1.5", 1, output_dir=tmp_path / "elsewhere", resume_from=str(checkpoint), **data,
+                    **FAST)
+    assert resumed["finished"] and resumed["steps"] == 4

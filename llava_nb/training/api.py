@@ -30,7 +30,7 @@ from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
 from .loading import _model_config, tiny_name
 from .preflight import check_data, check_model
-from .output_dir import prepare_output
+from .output_dir import check_resume_settings, prepare_output
 from .safe_resume import check_resume_folder
 
 
@@ -116,8 +116,10 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     spec = TrainSpec(model, stage, chosen.key, str(data), str(image_folder) if image_folder else None,
                      str(eval_data) if eval_data else None, str(out), seed, cfg)
     spec.fingerprint = _fingerprint(spec)
-    previous, resume = prepare_output(out, json.loads(json.dumps(spec.fingerprint)), cfg.force, cfg.resume_from,
-                                      managed=output_dir is None)
+    fingerprint = json.loads(json.dumps(spec.fingerprint))  # as JSON has it (tuples become lists)
+    if cfg.resume_from is not None:
+        check_resume_settings(cfg.resume_from, fingerprint)  # before anything is written
+    previous, resume = prepare_output(out, fingerprint, cfg.force, cfg.resume_from, managed=output_dir is None)
     if previous:
         return previous
     if resume != cfg.resume_from:  # this run's own folder: it continues from its latest checkpoint

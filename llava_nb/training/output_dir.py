@@ -82,6 +82,7 @@ def finish_checkpoint(partial: Path, keep: int | None) -> Path:
     final = partial.with_suffix("")
     if final.exists():
         shutil.rmtree(final)
+    shutil.copy(partial.parent.parent / MANIFEST, partial / MANIFEST)  # the settings it was trained with
     partial.rename(final)
     if keep:
         steps = sorted((int(m.group(1)), p) for p in final.parent.glob("step_*")
@@ -89,6 +90,24 @@ def finish_checkpoint(partial: Path, keep: int | None) -> Path:
         for _, old in steps[:-keep]:
             shutil.rmtree(old)
     return final
+
+
+def check_resume_settings(checkpoint, fingerprint: dict) -> None:
+    """Raise when the run that wrote ``checkpoint`` had other settings than this one (where it writes aside):
+    the restored optimizer, scheduler and data position would not follow them. Checkpoints written before the
+    settings were saved beside them are not checked."""
+    saved = _manifest(Path(checkpoint))
+    if saved is None:
+        return
+    differ = {k: (saved.get(k), fingerprint.get(k)) for k in set(saved) | set(fingerprint)
+              if k not in ("output_dir", "config") and saved.get(k) != fingerprint.get(k)}
+    old, new = saved.get("config", {}), fingerprint.get("config", {})
+    differ.update({k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)})
+    if differ:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differ.items())[:6])
+        raise OutputDirError(f"{checkpoint} was trained with other settings ({listed}); resume with the settings it "
+                             "was trained with, since the restored optimizer, scheduler and data position follow "
+                             "those, or start a new run")
 
 
 def _manifest(out: Path) -> dict | None:
