@@ -29,8 +29,8 @@ from ..paths import CACHE_DIR
 from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
 from .loading import _model_config, tiny_name
-from .preflight import check_data, check_model
 from .output_dir import check_resume_settings, prepare_output
+from .preflight import check_data, check_model
 from .safe_resume import check_resume_folder
 
 
@@ -184,6 +184,7 @@ def _fingerprint(spec: TrainSpec) -> dict:
 def _launch_and_collect(spec: TrainSpec, processes: int) -> dict:
     """Run the workers; their result.json, or a ``TrainingError`` carrying each failed process's own error."""
     out = Path(spec.output_dir)
+    started = time.time()
     try:
         launch(spec, processes)
     except Exception as err:
@@ -193,6 +194,6 @@ def _launch_and_collect(spec: TrainSpec, processes: int) -> dict:
         detail = "\n".join(f"{c.stem.removeprefix('error-')}: {c.read_text()}" for c in causes)
         raise TrainingError(f"training failed in {len(causes)} process(es):\n{detail}") from err
     result_file = out / "result.json"
-    if not result_file.exists():
+    if not result_file.exists() or result_file.stat().st_mtime < started:  # none, or an earlier attempt's
         raise RuntimeError(f"training finished without writing {result_file}; see the processes' output above")
     return json.loads(result_file.read_text())
