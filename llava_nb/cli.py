@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from .errors import LlavaNbError
+from .errors import LlavaNbError, TrainingError
 from .models.profiles import PROFILES, ENV_VAR
 
 
@@ -151,11 +151,27 @@ def _train(args) -> tuple[dict, str]:
         hp["eval_data"] = args.eval_data
     result = train(args.model, args.stage, method=args.method, adapter=args.adapter, data=args.data,
                    image_folder=args.image_folder, output_dir=args.output_dir, seed=args.seed, **hp)
+    if result.get("interrupted"):
+        raise Interrupted(_interrupted_line(result))
     keep = ("model", "stage", "method", "steps", "train_loss", "eval_accuracy", "eval_by_type", "eval_blank_accuracy",
             "seconds",
             "seconds_total", "num_processes", "device", "final_dir")
     summary = {k: result[k] for k in keep if k in result}
     return summary, json.dumps(summary)
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM; its message is the one line the command prints."""
+
+
+def _interrupted_line(result: dict) -> str:
+    from .training.output_dir import latest_checkpoint
+
+    latest = latest_checkpoint(result["output_dir"])
+    where = f"step {result['steps']} of {result['total_steps']}"
+    if latest is None:
+        return f"interrupted at {where}; no checkpoint was saved (--save-every N saves one every N steps)"
+    return (f"interrupted at {where}; latest checkpoint {latest}: run the same command again to continue from it")
 
 
 def _generate(args) -> tuple[dict, str]:
@@ -342,5 +358,16 @@ def main(argv=None) -> int:
     except LlavaNbError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:  # one line; each process's traceback is in its error-rank<N>.txt
+        first = str(err).splitlines()[1] if len(str(err).splitlines()) > 1 else str(err)
+        print(f"error: training failed: {first}" + (f" (tracebacks: {', '.join(err.files)})" if err.files else ""),
+              file=sys.stderr)
+        return 1
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130  # the shell's code for a command ended by Ctrl-C
+    except KeyboardInterrupt:  # before or after training: nothing to save
+        print("interrupted", file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

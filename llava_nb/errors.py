@@ -30,3 +30,12 @@ class ImageTokenMismatchError(LlavaNbError):
 
 class ProfileError(LlavaNbError):
     """An unknown execution profile."""
+
+
+class TrainingError(RuntimeError):
+    """A training process failed; the message carries each failed process's own error, ``files`` the
+    ``error-rank<N>.txt`` files that also hold its traceback."""
+
+    def __init__(self, message: str, files=()):
+        super().__init__(message)
+        self.files = [str(f) for f in files]

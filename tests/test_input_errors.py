@@ -25,3 +25,22 @@ def test_the_calculator_refuses_what_it_cannot_mean(call, says):
 def test_the_command_line_says_what_to_fix_in_one_line(argv, says):
     done = subprocess.run([sys.executable, "-m", "llava_nb", *argv], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and says in done.stderr
+
+
+def test_a_failed_run_prints_one_line_and_keeps_each_traceback(tmp_path):
+    """DDP's unused-parameter error (a frozen-looking ViT set to train, chapter 05's trap) fails both workers: the
+    command names the error in one line and where the tracebacks are."""
+    from llava_nb.data.synthetic import generate
+    from llava_nb.training.worker import TRACEBACK_MARK
+
+    data = generate(tmp_path / "data", n_images=16, n_test=4, seed=1)
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "llava_nb", "train", "--model", "tiny-llava-1.5", "--stage", "1",
+                           "--data", str(data["captions"]), "--image-folder", str(data["image_folder"]),
+                           "--output-dir", str(out), "--num-processes", "2", "--max-steps", "2", "--batch-size", "8",
+                           "--set", "unfreeze_vision=true", "--set", "log_every=0"], capture_output=True, text=True)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith("error: training failed: rank"), done.stderr
+    assert "Traceback" not in done.stderr and str(out / "error-rank0.txt") in last
+    error, trace = (out / "error-rank0.txt").read_text().split(TRACEBACK_MARK)
+    assert "finished reduction in the prior iteration" in error and "Traceback (most recent call last)" in trace

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 
-from ..errors import LlavaNbError
+from ..errors import LlavaNbError, TrainingError  # noqa: F401 (TrainingError re-exported: chapters import it here)
 from ..paths import CACHE_DIR
 from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
 from .launch import default_num_processes, launch
@@ -32,10 +32,7 @@ from .loading import _model_config, tiny_name
 from .output_dir import check_resume_settings, prepare_output
 from .preflight import check_data, check_model
 from .safe_resume import check_resume_folder
-
-
-class TrainingError(RuntimeError):
-    """A training process failed; the message carries each failed process's own error."""
+from .worker import TRACEBACK_MARK
 
 
 def synthetic_data(model: str, seed: int = 0, n_images: int = 3000, n_test: int = 300) -> dict:
@@ -181,18 +178,32 @@ def _fingerprint(spec: TrainSpec) -> dict:
                                     "save_total_limit")}}
 
 
+def _interrupted(result_file: Path, started: float) -> dict | None:
+    """The result this launch's workers wrote when a Ctrl-C or SIGTERM stopped them (``interrupt``), else None."""
+    if not result_file.exists() or result_file.stat().st_mtime < started:
+        return None
+    result = json.loads(result_file.read_text())
+    return result if result.get("interrupted") else None
+
+
 def _launch_and_collect(spec: TrainSpec, processes: int) -> dict:
     """Run the workers; their result.json, or a ``TrainingError`` carrying each failed process's own error."""
     out = Path(spec.output_dir)
     started = time.time()
     try:
         launch(spec, processes)
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:  # a launcher stopped by Ctrl-C raises (its workers stopped cleanly)
+        stopped = _interrupted(out / "result.json", started)
+        if stopped is not None:
+            return stopped
+        if isinstance(err, KeyboardInterrupt):
+            raise
         causes = sorted(out.glob("error-rank*.txt"))
         if not causes:
             raise
-        detail = "\n".join(f"{c.stem.removeprefix('error-')}: {c.read_text()}" for c in causes)
-        raise TrainingError(f"training failed in {len(causes)} process(es):\n{detail}") from err
+        detail = "\n".join(f"{c.stem.removeprefix('error-')}: {c.read_text().split(TRACEBACK_MARK)[0]}"
+                           for c in causes)
+        raise TrainingError(f"training failed in {len(causes)} process(es):\n{detail}", causes) from err
     result_file = out / "result.json"
     if not result_file.exists() or result_file.stat().st_mtime < started:  # none, or an earlier attempt's
         raise RuntimeError(f"training finished without writing {result_file}; see the processes' output above")

@@ -63,9 +63,55 @@ def _launch_fresh_processes(spec: TrainSpec, num_processes: int) -> None:
             command = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                        "--main_process_port", str(free_port()), *worker]
-        subprocess.run([sys.executable, "-m", *command], check=True)
+        code = _run_launcher([sys.executable, "-m", *command], Path(spec.output_dir) / "launcher.log")
+        if code:
+            raise subprocess.CalledProcessError(code, command)
     finally:
         forget_exits(spec)
+
+
+def _run_launcher(command: list[str], log: Path) -> int:
+    """Run a launcher command; its exit code. Its stderr (and its workers') is passed on and kept in ``log``.
+
+    The launcher runs in a session of its own, so that a Ctrl-C (or a SIGTERM) reaches this process first, which
+    notes it and then passes it on to the launcher's whole process group. The workers stop cleanly
+    (``training.interrupt``); the launcher then exits with a traceback of its own (torch elastic's
+    ``SignalException``, 30-odd lines), which goes to ``log`` only."""
+    import signal
+    import subprocess
+    import threading
+
+    interrupted = threading.Event()
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True)
+
+    def relay() -> None:
+        with proc.stderr, open(log, "a") as kept:
+            for line in proc.stderr:
+                kept.write(line)
+                if not interrupted.is_set():  # to this process's stderr file, where the launcher's used to go
+                    os.write(2, line.encode())
+
+    def forward(signum, frame) -> None:
+        interrupted.set()
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    relaying.join()
+    if interrupted.is_set():
+        raise KeyboardInterrupt  # the caller reads what the stopped workers wrote (api._interrupted)
+    return code
 
 
 def free_port() -> int:

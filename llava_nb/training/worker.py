@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,12 +23,17 @@ from .loading import _model_config, default_template, load_for_training
 from .optimizer import make_optimizer
 
 
+#: in ``error-rank<N>.txt``, what separates the error (which train() reports) from its traceback (kept there)
+TRACEBACK_MARK = "\n\n--- traceback ---\n"
+
+
 class Progress:
     """Position in the data and the losses so far; saved with ``accelerator.save_state`` (via
     ``register_for_checkpointing``) so that a resumed run continues exactly where it stopped."""
 
     def __init__(self):
         self.step, self.losses = 0, []
+        self.interrupted = False  # stopped by Ctrl-C or SIGTERM (``interrupt``); not saved: a resumed run is not
 
     def state_dict(self):
         return {"step": self.step, "losses": list(self.losses)}
@@ -48,7 +54,8 @@ def run_worker(spec: TrainSpec) -> None:
     except Exception as err:
         rank = os.environ.get("RANK", "0")
         Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(spec.output_dir) / f"error-rank{rank}.txt").write_text(f"{type(err).__name__}: {err}")
+        (Path(spec.output_dir) / f"error-rank{rank}.txt").write_text(
+            f"{type(err).__name__}: {err}{TRACEBACK_MARK}{traceback.format_exc()}")
         if group:
             settle(spec.output_dir, *group, failed=True)  # exits here unless this rank reports the failure
         raise
@@ -115,6 +122,7 @@ def _run_worker(spec: TrainSpec) -> None:
                               lora_r=cfg.lora_r if method.adapter.name != "none" else 0)
     result = {"model": spec.model, "stage": spec.stage, "method": method.name, "template": template,
               "steps": progress.step, "total_steps": total, "finished": progress.step >= total,
+              "interrupted": progress.interrupted,
               "losses": progress.losses, "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
               "num_processes": accelerator.num_processes, "micro_batch": micro, "gradient_accumulation_steps": accum,
               "device": accelerator.device.type, "output_dir": spec.output_dir,
@@ -195,42 +203,49 @@ def _loader(dataset, micro: int, world: int, accum: int, cfg, seed: int, tokeniz
 
 def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total: int, params,
                 out: Path) -> tuple[dict | None, dict]:
-    """Optimizer steps until ``total`` (or ``stop_after``); returns the states' dtypes read at the first step and
-    what the run measured (``meter.Meter``: memory per rank, tokens per second)."""
+    """Optimizer steps until ``total`` (or ``stop_after``, or a Ctrl-C: ``interrupt``, which sets
+    ``progress.interrupted``); returns the states' dtypes read at the first step and what the run measured
+    (``meter.Meter``: memory per rank, tokens per second)."""
     from ..data.dataset import check_batch
     from ..methods.probe import StateProbe
+    from .interrupt import StopRequest
     from .meter import Meter
 
     probe, meter = StateProbe(model, optimizer), Meter(accelerator.device)
     micro_done = progress.step * accelerator.gradient_accumulation_steps
     model.train()
-    first = True
-    while progress.step < total:
-        epoch, skip = divmod(micro_done, len(loader))
-        loader.set_epoch(epoch)
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            if first:
-                check_batch(batch, accelerator.unwrap_model(model).config)
-                first = False
-            meter.batch(batch)
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                # DeepSpeed clips inside its step, at its config's gradient_clipping (max_grad_norm, set by
-                # methods.deepspeed); Accelerate's clip_grad_norm_ only reads the engine's norm there
-                if cfg.max_grad_norm and accelerator.sync_gradients and not _deepspeed(accelerator):
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            micro_done += 1
-            if not accelerator.sync_gradients:
-                continue
-            _after_step(accelerator, scheduler, progress, loss, cfg, total, out)
-            meter.step_done()
-            if progress.step >= total or (cfg.stop_after and progress.step >= cfg.stop_after):
-                break
-        if cfg.stop_after and progress.step >= cfg.stop_after:
-            break
+    first, done = True, False
+    with StopRequest() as stop:
+        while progress.step < total and not done:
+            epoch, skip = divmod(micro_done, len(loader))
+            loader.set_epoch(epoch)
+            for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+                if first:
+                    check_batch(batch, accelerator.unwrap_model(model).config)
+                    first = False
+                meter.batch(batch)
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    # DeepSpeed clips inside its step, at its config's gradient_clipping (max_grad_norm, set by
+                    # methods.deepspeed); Accelerate's clip_grad_norm_ only reads the engine's norm there
+                    if cfg.max_grad_norm and accelerator.sync_gradients and not _deepspeed(accelerator):
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro_done += 1
+                if not accelerator.sync_gradients:
+                    continue
+                _after_step(accelerator, scheduler, progress, loss, cfg, total, out)
+                meter.step_done()
+                if stop.agreed(accelerator):  # Ctrl-C or SIGTERM: save this step, if the run saves, and end
+                    progress.interrupted = True
+                    if cfg.save_every and progress.step % cfg.save_every:
+                        _save_checkpoint(accelerator, progress, cfg, out)
+                done = progress.interrupted or progress.step >= total or bool(
+                    cfg.stop_after and progress.step >= cfg.stop_after)
+                if done:
+                    break
     accelerator.wait_for_everyone()
     return probe.read(), meter.read(accelerator.num_processes)
 
@@ -255,11 +270,16 @@ def _after_step(accelerator, scheduler, progress, loss, cfg, total: int, out: Pa
     if accelerator.is_main_process and cfg.log_every and progress.step % cfg.log_every == 0:
         print(f"step {progress.step}/{total} loss {progress.losses[-1]:.4f}", flush=True)
     if cfg.save_every and progress.step % cfg.save_every == 0:
-        from .output_dir import finish_checkpoint
+        _save_checkpoint(accelerator, progress, cfg, out)
 
-        partial = out / "checkpoints" / f"step_{progress.step}.partial"  # renamed once every process has written
-        accelerator.save_state(str(partial))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            finish_checkpoint(partial, cfg.save_total_limit)
-        accelerator.wait_for_everyone()
+
+def _save_checkpoint(accelerator, progress, cfg, out: Path) -> None:
+    """``out/checkpoints/step_N``: written as ``step_N.partial``, renamed once every process has written its part."""
+    from .output_dir import finish_checkpoint
+
+    partial = out / "checkpoints" / f"step_{progress.step}.partial"
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        finish_checkpoint(partial, cfg.save_total_limit)
+    accelerator.wait_for_everyone()
