@@ -21,6 +21,8 @@ def test_the_calculator_refuses_what_it_cannot_mean(call, says):
 @pytest.mark.parametrize("argv, says", [
     (["memory", "--model", "llava-1.5-7b", "--method", "zero3", "--headroom", "-3"], "headroom in [0, 1)"),
     (["train", "--model", "tiny-llava-1.55", "--stage", "2"], "did you mean 'tiny-llava-1.5'?"),
+    (["train", "--model", "tiny-llava-1.5", "--stage", "1", "--method", "zero33"], "did you mean 'zero3'?"),
+    (["train", "--model", "tiny-llava-1.5", "--stage", "1", "--set", "lora_rank=8"], "did you mean 'lora_r'?"),
 ])
 def test_the_command_line_says_what_to_fix_in_one_line(argv, says):
     done = subprocess.run([sys.executable, "-m", "llava_nb", *argv], capture_output=True, text=True)

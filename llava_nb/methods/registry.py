@@ -27,6 +27,7 @@ trains low-rank adapters on every LLM Linear plus the projector, the rest frozen
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 
 from ..errors import UnknownMethodError
@@ -178,7 +179,10 @@ def get_method(name, adapter: str | None = None) -> Method:
         engine = key
     adapter = adapter or "none"
     if engine not in ENGINES:
-        raise UnknownMethodError(f"unknown training method {name!r}; engines: {', '.join(ENGINES)}; shorthands: "
+        close = difflib.get_close_matches(str(name), [*ENGINES, *SHORTHANDS], n=1)
+        raise UnknownMethodError(f"unknown training method {name!r}"
+                                 + (f" (did you mean {close[0]!r}?)" if close else "")
+                                 + f"; engines: {', '.join(ENGINES)}; shorthands: "
                                  f"{', '.join(SHORTHANDS)}; compose as ENGINE+ADAPTER, e.g. zero3+lora")
     if adapter not in ADAPTERS:
         raise UnknownMethodError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")

@@ -13,6 +13,7 @@ with neither, there is no accumulation.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import asdict, dataclass, field
 
@@ -156,7 +157,10 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+            close = [m for u in unknown for m in difflib.get_close_matches(u, known, n=1)]
+            raise ConfigError(f"unknown training setting(s) {unknown}"
+                              + (f" (did you mean {', '.join(map(repr, close))}?)" if close else "")
+                              + f"; known: {sorted(known)}")
         lora = (TINY_LORA if tiny else FULL_LORA) if stage == 2 and adapter else {}
         return cls(**{**(TINY_HYPERPARAMS if tiny else FULL_HYPERPARAMS)[stage], **lora, **overrides})
 
