@@ -39,9 +39,14 @@ class OutputDirError(LlavaNbError):
 
 def latest_checkpoint(out: Path) -> Path | None:
     """The complete checkpoint of the highest step in ``out/checkpoints`` (``.partial`` folders are incomplete)."""
-    steps = [(int(m.group(1)), p) for p in (Path(out) / "checkpoints").glob("step_*")
-             if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name))]
-    return max(steps)[1] if steps else None
+    steps = _complete_checkpoints(Path(out) / "checkpoints")
+    return steps[-1][1] if steps else None
+
+
+def _complete_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete ``step_N`` in ``folder``, by step."""
+    return sorted((int(m.group(1)), p) for p in folder.glob("step_*")
+                  if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name)))
 
 
 def prepare_output(out: Path, fingerprint: dict, force: bool, resume_from: str | None,
@@ -85,9 +90,7 @@ def finish_checkpoint(partial: Path, keep: int | None) -> Path:
     shutil.copy(partial.parent.parent / MANIFEST, partial / MANIFEST)  # the settings it was trained with
     partial.rename(final)
     if keep:
-        steps = sorted((int(m.group(1)), p) for p in final.parent.glob("step_*")
-                       if p.is_dir() and (m := CHECKPOINT.fullmatch(p.name)))
-        for _, old in steps[:-keep]:
+        for _, old in _complete_checkpoints(final.parent)[:-keep]:
             shutil.rmtree(old)
     return final
 
