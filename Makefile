@@ -62,8 +62,12 @@ book: venv
 # once); then every page of that book checked in headless Chromium, offline (skipped without Chromium, see README).
 test: unit notebooks built-book browser
 
+# The CPU suite runs with every GPU hidden, so that it is the same test on any machine (its runs are CPU processes
+# over gloo, two of them where a test asks for two); then the tests marked gpu run a few real steps of each method
+# on every GPU (tests/test_gpu.py; skipped without CUDA).
 unit: venv
-	MPLBACKEND=Agg $(PY) -m pytest -q tests
+	CUDA_VISIBLE_DEVICES= MPLBACKEND=Agg $(PY) -m pytest -q -m "not gpu" tests
+	MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider -m gpu tests
 
 # nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite); then
 # every chapter that ran to its end goes into Jupyter Book's execution cache, for `make book` (even when another failed).

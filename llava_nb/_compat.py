@@ -13,6 +13,11 @@
 * torch 2.13's FSDP2 warns when a ``fully_shard``-ed root module "returned a view tensor": LLaVA's forward returns
   ``logits[:, slice]`` (a view) in its output. The warning is about in-place ops on that view, which neither
   ``train()`` nor transformers does; the loss is computed inside forward. Keep it silenced while that holds.
+* bitsandbytes 0.50's CUDA 4-bit matmul warns, at every call, when the inner dimension is not a multiple of the
+  quantization block size (64): "inner dimension (344) is not aligned for fast kernel ... falling back to slower
+  implementation" (bitsandbytes/backends/cuda/ops.py, ``_gemm_4bit``). The tiny models' widths are such dimensions;
+  every real LLaVA width (4096, 5120, 11008, 13824, 14336) is a multiple of 64. A speed notice about tiny models
+  on GPUs, not an error; drop it if the tiny models' widths become multiples of 64.
 * DeepSpeed logs "Setting accelerator to CPU" whenever it is imported without a GPU (transformers and Accelerate
   import it when it is installed). Without CUDA we name the CPU accelerator explicitly (``DS_ACCELERATOR=cpu``),
   which is what that warning asks for; a reader's own setting wins.
@@ -39,6 +44,7 @@ KNOWN_WARNINGS = [
     (r"`torch.distributed.all_gather_into_tensor` is deprecated", FutureWarning),
     (r"`torch.distributed.reduce_scatter_tensor` is deprecated", FutureWarning),
     (r"FSDP2-wrapped module \(FSDP\w+\) returned a view tensor", UserWarning),
+    (r"inner dimension \(\d+\) is not aligned for fast kernel", UserWarning),
 ]
 
 

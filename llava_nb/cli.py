@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 
+from .cli_train import Interrupted, generate, generate_parser, train, train_parser
 from .errors import LlavaNbError, TrainingError
 from .models.profiles import PROFILES, ENV_VAR
 
@@ -124,70 +125,6 @@ def _make_checkpoint(args) -> tuple[dict, str]:
     return {"like": args.like, "out": str(out)}, f"wrote a random-weight {args.like} to {out}"
 
 
-def _value(text: str):
-    """Parse a --set value: int, float, bool, None or string."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def _train(args) -> tuple[dict, str]:
-    from .training.api import train
-
-    hp = dict(kv.split("=", 1) for kv in args.set)
-    hp = {k.replace("-", "_"): _value(v) for k, v in hp.items()}
-    for key in ("lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps", "max_steps", "save_every",
-                "save_total_limit", "resume_from", "template"):
-        if getattr(args, key) is not None:
-            hp[key] = getattr(args, key)
-    if args.num_processes is not None:
-        hp["num_processes"] = args.num_processes
-    if args.force:
-        hp["force"] = True
-    if args.eval_data:
-        hp["eval_data"] = args.eval_data
-    result = train(args.model, args.stage, method=args.method, adapter=args.adapter, data=args.data,
-                   image_folder=args.image_folder, output_dir=args.output_dir, seed=args.seed, **hp)
-    if result.get("interrupted"):
-        raise Interrupted(_interrupted_line(result))
-    keep = ("model", "stage", "method", "steps", "train_loss", "eval_accuracy", "eval_by_type", "eval_blank_accuracy",
-            "seconds",
-            "seconds_total", "num_processes", "device", "final_dir")
-    summary = {k: result[k] for k in keep if k in result}
-    return summary, json.dumps(summary)
-
-
-class Interrupted(Exception):
-    """A run stopped by Ctrl-C or SIGTERM; its message is the one line the command prints."""
-
-
-def _interrupted_line(result: dict) -> str:
-    from .training.output_dir import latest_checkpoint
-
-    latest = latest_checkpoint(result["output_dir"])
-    where = f"step {result['steps']} of {result['total_steps']}"
-    if latest is None:
-        return f"interrupted at {where}; no checkpoint was saved (--save-every N saves one every N steps)"
-    return (f"interrupted at {where}; latest checkpoint {latest}: run the same command again to continue from it")
-
-
-def _generate(args) -> tuple[dict, str]:
-    from pathlib import Path
-
-    from .training.inference import answer
-    from .training.loading import tiny_name
-
-    if tiny_name(args.model) and not Path(args.model).is_dir():
-        print(f"warning: {args.model} is a bare name: its projector has never been trained (random weights), so the "
-              f"answer ignores the image; train it (python -m llava_nb train --model {args.model} --stage 2) and "
-              "pass the run's final/ folder", file=sys.stderr)
-    text = answer(args.model, args.image, args.prompt, template=args.template, max_new_tokens=args.max_new_tokens)
-    return {"model": args.model, "image": args.image, "prompt": args.prompt, "answer": text}, text
-
-
 def _convert(args) -> tuple[dict, str]:
     from .data.convert import convert_file
 
@@ -238,13 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True)
     t.add_argument("--size", required=True, help="HEIGHTxWIDTH in pixels, e.g. 480x640")
     t.add_argument("--json", action="store_true")
-    tr = _train_parser(sub)
-    g = sub.add_parser("generate", help="answer a question about an image with a trained model")
-    g.add_argument("--model", required=True, help="checkpoint folder (e.g. a run's final/) or Hugging Face id")
-    g.add_argument("--image", required=True)
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--template", default=None)
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    tr = train_parser(sub)
+    g = generate_parser(sub)
     _memory_parser(sub)
     _plan_parser(sub)
     _convert_parser(sub)
@@ -269,35 +201,6 @@ def _params_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model name or Hugging Face id, e.g. llava-1.5-7b")
     p.add_argument("--method", default="full", choices=(*ALIASES, *METHODS))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _train_parser(sub):
-    tr = sub.add_parser("train", help="train a LLaVA (stage 1 or 2); the last line printed is JSON")
-    tr.add_argument("--model", required=True, help="tiny name, checkpoint folder or Hugging Face id")
-    tr.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    tr.add_argument("--method", help="an engine (ddp, zero1, zero2, zero3, zero3-offload, fsdp), a shorthand (lora, "
-                    "qlora) or ENGINE+ADAPTER (e.g. zero3+lora); default: ddp for tiny models, LLaVA's zero2 (stage 1) "
-                    "or zero3 (stage 2) for real checkpoints")
-    tr.add_argument("--adapter", choices=("none", "lora", "qlora"), help="compose an adapter with --method's engine")
-    tr.add_argument("--num-processes", type=int, help="default: every GPU, or 2 CPU processes")
-    tr.add_argument("--data", help="LLaVA-format JSON (default for tiny models: the synthetic set)")
-    tr.add_argument("--image-folder")
-    tr.add_argument("--eval-data", help="held-out LLaVA-format JSON for exact-match accuracy")
-    tr.add_argument("--output-dir")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--batch-size", type=int, help="samples per optimizer step, over every process")
-    tr.add_argument("--micro-batch", type=int, help="samples per process per forward")
-    tr.add_argument("--gradient-accumulation-steps", type=int)
-    tr.add_argument("--max-steps", type=int)
-    tr.add_argument("--save-every", type=int, help="a checkpoint every N optimizer steps")
-    tr.add_argument("--save-total-limit", type=int, help="checkpoints kept, the latest (default 2)")
-    tr.add_argument("--resume-from", help="a checkpoint folder; re-running the same command continues by itself")
-    tr.add_argument("--force", action="store_true", help="train again; an existing --output-dir is moved aside")
-    tr.add_argument("--template", choices=("plain", "vicuna_v1", "mistral_instruct", "chat_template"))
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting of TrainConfig")
-    return tr
 
 
 def _plan_parser(sub) -> None:
@@ -351,7 +254,7 @@ def main(argv=None) -> int:
         run_worker(TrainSpec.from_json(json.loads(open(args.spec).read())))
         return 0
     try:
-        handler = {"params": _params, "tokens": _tokens, "train": _train, "generate": _generate,
+        handler = {"params": _params, "tokens": _tokens, "train": train, "generate": generate,
                    "regenerate": _regenerate, "memory": _memory, "plan": _plan,
                    "make-checkpoint": _make_checkpoint, "convert": _convert}[args.command]
         result, text = handler(args)

@@ -10,7 +10,7 @@ from llava_nb.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "llava_nb"
 #: lowest first: a module may import its own layer and the layers before it
-LAYERS = ["_compat", "_lazy", "errors", "paths", "models", "methods", "memory", "data", "training", "viz", "lab", "cli",
+LAYERS = ["_compat", "_lazy", "errors", "paths", "models", "methods", "memory", "data", "training", "viz", "lab", "cli_train", "cli",
           "__main__", "__init__"]
 #: modules that must stay free of torch and transformers (the calculators, the CLI's arithmetic verbs)
 PURE = ["models/specs.py", "models/layout.py", "models/image_tokens.py", "models/params.py", "methods/registry.py",

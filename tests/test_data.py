@@ -72,6 +72,22 @@ def test_bad_records_name_id_and_problem(folder, record, problem):
     assert problem in str(err.value)
 
 
+def test_images_outside_the_folder_only_when_allowed(folder):
+    """``images_outside=True`` (``--images-outside-folder``) lets a record name an image anywhere."""
+    image = folder / "images" / "coco" / "train2017" / "a.jpg"
+    records = [{"id": "abs", "image": str(image), "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                                    {"from": "gpt", "value": "A"}]},
+               {"id": "up", "image": "../images/coco/train2017/a.jpg", "conversations": [
+                   {"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]}]
+    path = _write(folder, records)
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    with pytest.raises(DataError, match="abs: has an image path outside image_folder.*--images-outside-folder"):
+        load_conversations(path, elsewhere)
+    loaded = load_conversations(path, elsewhere, images_outside=True)
+    assert [r["image"] for r in loaded] == [str(image)] * 2
+
+
 def test_skip_bad_counts_in_a_warning(folder):
     bad = [{"id": f"m{i}", "image": "nope.jpg", "conversations": [{"from": "human", "value": "<image>"},
                                                                   {"from": "gpt", "value": "A"}]} for i in range(3)]

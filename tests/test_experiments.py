@@ -184,13 +184,29 @@ def test_memory_gpu_skips_what_is_measured_and_runs_the_rest(tmp_path, monkeypat
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=140 * 2**30))
     monkeypatch.setattr(subprocess, "run", run)
     out = tmp_path / "memory_gpu.jsonl"
-    args = build_parser().parse_args(["memory_gpu", "--gpus", "1", "--methods", "lora,qlora", "--out", str(out),
-                                      "--no-grad-checkpointing"])
+    args = build_parser().parse_args(["--work", str(tmp_path / "work"), "memory_gpu", "--gpus", "1", "--methods",
+                                      "lora,qlora", "--out", str(out), "--no-grad-checkpointing"])
+    args.work = Path(args.work)
     args.run(args)
     assert "skip lora on 1 GPUs: already measured" in capsys.readouterr().out
     [cmd] = commands  # qlora was measured with checkpointing only
     assert cmd[cmd.index("--method") + 1] == "qlora" and cmd[-3:] == ["--cap-gib", "79.18", "--no-grad-checkpointing"]
     assert cmd[cmd.index("--out") + 1] == str(out) and "===== qlora gpus=1 rc=0" in out.with_suffix(".log").read_text()
+    assert cmd[cmd.index("--checkpoint-dir") + 1] == str(tmp_path / "work" / "llava-1.5-7b-random")
+
+
+def test_scratch_files_go_to_a_temporary_folder_unless_work_is_given(tmp_path, monkeypatch):
+    """No fixed /tmp paths: each command's scratch folder is a new temporary one, removed at its end, or --work."""
+    from experiments.gpu.__main__ import main
+
+    seen = []
+    monkeypatch.setattr(sweep_compute, "main", lambda a: seen.append((a.work, a.work.is_dir())))
+    main(["sweep_compute", str(tmp_path / "o.jsonl")])
+    main(["sweep_compute", str(tmp_path / "o.jsonl")])
+    main(["--work", str(tmp_path / "w"), "sweep_compute", str(tmp_path / "o.jsonl")])
+    (first, made), (second, _), (given, _) = seen
+    assert made and first != second and not first.exists()  # each call its own, gone when it ends
+    assert given == tmp_path / "w" and given.is_dir()
 
 
 def test_tiny_pipeline_relaunches_itself_through_the_command_line(tmp_path, monkeypatch):
@@ -233,9 +249,10 @@ def test_sweep_recipe_selects_variants():
 def test_sweep_helpers(tmp_path):
     assert sweep_compute.cli_args(["epochs=18", "lr=5e-4", "seed=1"]) == ["--set", "epochs=18", "--set", "lr=5e-4",
                                                                            "--seed", "1"]
-    folder = Path(sweep_data.fresh_folder("test_experiments", str(tmp_path)))
+    folder = Path(sweep_data.fresh_folder(tmp_path, "sweep_data", "LLM context 1.0"))
     (folder / "old").mkdir(parents=True)
-    assert Path(sweep_data.fresh_folder("test_experiments", str(tmp_path))) == folder and not folder.exists()
+    assert Path(sweep_data.fresh_folder(tmp_path, "sweep_data", "LLM context 1.0")) == folder and not folder.exists()
+    assert folder.parent == tmp_path
     assert sweep_stage2.NOT_IMAGE_LAST and set(sweep_stage2.NOT_IMAGE_LAST) < set(sweep_stage2.CONFIGS)
 
 

@@ -45,8 +45,9 @@ def test_a_few_real_steps_of_each_method_on_gpus(method, stage1, tmp_path):
     assert all(math.isfinite(x) for x in r["losses"])
     m = r["measured"]
     assert len(m["peak_gib"]) == len(m["steady_gib"]) == len(m["setup_gib"]) == gpus
+    offloads = "offload" in method  # ZeRO-3 offload keeps the tiny model's weights and states in host memory
     for peak, steady, setup in zip(m["peak_gib"], m["steady_gib"], m["setup_gib"]):
-        assert 0 < setup <= peak and 0 < steady <= peak
+        assert (0 <= setup if offloads else 0 < setup) and setup <= peak and 0 < steady <= peak
     assert m["tokens"] > 0 and m["tokens_per_s"] > 0
     if peak_tflops(m["device_name"]):
         assert 0 < m["mfu"] < 1

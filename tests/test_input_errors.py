@@ -23,6 +23,8 @@ def test_the_calculator_refuses_what_it_cannot_mean(call, says):
     (["train", "--model", "tiny-llava-1.55", "--stage", "2"], "did you mean 'tiny-llava-1.5'?"),
     (["train", "--model", "tiny-llava-1.5", "--stage", "1", "--method", "zero33"], "did you mean 'zero3'?"),
     (["train", "--model", "tiny-llava-1.5", "--stage", "1", "--set", "lora_rank=8"], "did you mean 'lora_r'?"),
+    (["train", "--model", "tiny-llava-1.5", "--stage", "1", "--set", "max_length"], "write --set KEY=VALUE"),
+    (["train", "--model", "tiny-llava-1.5", "--stage", "1", "--set", "resume_lr=-1"], "resume_lr must be positive"),
 ])
 def test_the_command_line_says_what_to_fix_in_one_line(argv, says):
     done = subprocess.run([sys.executable, "-m", "llava_nb", *argv], capture_output=True, text=True)
@@ -46,3 +48,18 @@ def test_a_failed_run_prints_one_line_and_keeps_each_traceback(tmp_path):
     assert "Traceback" not in done.stderr and str(out / "error-rank0.txt") in last
     error, trace = (out / "error-rank0.txt").read_text().split(TRACEBACK_MARK)
     assert "finished reduction in the prior iteration" in error and "Traceback (most recent call last)" in trace
+
+
+def test_more_processes_than_gpus_is_refused_before_anything_starts(monkeypatch):
+    """NCCL refuses two ranks on one GPU only after the model has loaded ("Duplicate GPU detected")."""
+    import torch
+
+    from llava_nb.errors import LlavaNbError
+    from llava_nb.training.launch import check_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_gpus(1)
+    with pytest.raises(LlavaNbError, match=r"num_processes=2 but this machine has 1 GPU\(s\).*CUDA_VISIBLE_DEVICES="):
+        check_gpus(2)

@@ -85,3 +85,54 @@ def test_resuming_with_other_settings_is_refused(data, tmp_path):
     resumed = train("tiny-llava-1.5", 1, output_dir=tmp_path / "elsewhere", resume_from=str(checkpoint), **data,
                     **FAST)
     assert resumed["finished"] and resumed["steps"] == 4
+    # the explicit way to change the learning rate from a checkpoint on: resume_lr scales the schedule
+    with pytest.raises(OutputDirError, match=r"keep lr=.* add --set resume_lr=0\.5"):
+        train("tiny-llava-1.5", 1, output_dir=tmp_path / "changed", resume_from=str(checkpoint), **data,
+              **{**FAST, "lr": 0.5})
+    lr = resumed["hyperparams"]["lr"]
+    changed = train("tiny-llava-1.5", 1, output_dir=tmp_path / "changed", resume_from=str(checkpoint), **data,
+                    resume_lr=lr / 4, **FAST)
+    assert changed["steps"] == 4 and changed["lrs"][:2] == resumed["lrs"][:2]  # the first two steps, restored
+    assert changed["lrs"][2:] == pytest.approx([x / 4 for x in resumed["lrs"][2:]], rel=1e-6)
+    assert resumed["lrs"][2] > 0
+
+
+def test_resume_lr_needs_a_checkpoint(data, tmp_path):
+    with pytest.raises(ValueError, match=r"resume_lr=0\.001 changes the learning rate of a resumed run"):
+        train("tiny-llava-1.5", 1, output_dir=tmp_path / "new", resume_lr=1e-3, **data, **FAST)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_tiny_stage_2_checks_its_resume_settings_before_stage_1_trains(data, tmp_path, monkeypatch):
+    """Stage 2 of a tiny name trains stage 1 first: a resume that will be refused must be refused before that."""
+    import json
+
+    from llava_nb.training import api
+
+    checkpoint = tmp_path / "step_2"
+    checkpoint.mkdir()
+    (checkpoint / "run.json").write_text(json.dumps({"spec": {"stage": 2, "config": {"lr": 0.5}}}))
+    monkeypatch.setattr(api, "default_output_dir", lambda *a: tmp_path / "runs" / "-".join(map(str, a[1:])))
+
+    def launched(*args):
+        raise AssertionError("a run was launched")
+
+    monkeypatch.setattr(api, "_launch_and_collect", launched)
+    with pytest.raises(OutputDirError, match=r"step_2 was trained with other settings .* keep lr=0\.5 "):
+        train("tiny-llava-1.5", 2, output_dir=tmp_path / "stage2", resume_from=str(checkpoint), **data, **FAST)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "stage2").exists()
+
+
+def test_a_result_its_launcher_never_completed_is_not_reported_done(data, tmp_path):
+    """Workers write result.json; train() then adds what it measured around them (seconds_total, stage1). A launcher
+    stopped in between (a notebook cell's timeout) leaves a result that must not be returned as the finished run."""
+    import json
+
+    out = tmp_path / "run"
+    first = train("tiny-llava-1.5", 1, output_dir=out, **data, **FAST)
+    assert "seconds_total" in first and train("tiny-llava-1.5", 1, output_dir=out, **data, **FAST)["cached"]
+    result = json.loads((out / "result.json").read_text())
+    del result["seconds_total"]
+    (out / "result.json").write_text(json.dumps(result))
+    again = train("tiny-llava-1.5", 1, output_dir=out, **data, **FAST)
+    assert "cached" not in again and again["finished"] and "seconds_total" in again

@@ -224,54 +224,19 @@ def test_hf_trainer_runs_llavas_zero3_json_as_a_deepspeed_engine_on_two_cpu_proc
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the loss is reduced over the ranks
 
 
-def test_the_full_recipe_is_what_its_sources_say():
-    """Each real-checkpoint default equals the flag value of the LLaVA script line it cites (FULL_SOURCES)."""
-    import dataclasses
-
-    from llava_nb.training.config import FULL_HYPERPARAMS, FULL_METHODS, FULL_SOURCES, TrainConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for stage in (1, 2):
-        for key, sources in FULL_SOURCES.items():
-            source = sources[stage - 1]
-            value = FULL_METHODS[stage] if key == "method" else FULL_HYPERPARAMS[stage].get(key, defaults[key])
-            if source == "(not set)":
-                assert value == defaults[key], key
-                continue
-            flag_value = source.split()[2].rstrip(",")
-            if key == "method":
-                assert flag_value == f"./scripts/{value}.json"
-            elif key == "batch_size":
-                assert int(flag_value) * 8 == value  # per GPU, on LLaVA's 8 GPUs
-            elif key == "mixed_precision":
-                assert (flag_value == "True") == (value == "bf16")
-            elif isinstance(value, bool):
-                assert (flag_value == "True") == value, key
-            else:
-                assert float(flag_value) == value, key
-
-
-#: haotian-liu/LLaVA@c121f04 scripts/v1_5/finetune_lora.sh, the lines FULL_LORA_SOURCES cites, verbatim
-FINETUNE_LORA_LINES = {4: "    --lora_enable True --lora_r 128 --lora_alpha 256 --mm_projector_lr 2e-5 \\",
-                       28: "    --learning_rate 2e-4 \\"}
-
-
 def test_the_real_checkpoint_lora_recipe_is_finetune_lora_sh():
-    """LoRA on a real checkpoint: each setting FULL_LORA_SOURCES cites equals its flag in finetune_lora.sh (copied
-    above); every other setting is finetune.sh's; what train() picks for zero3+lora and lora is this recipe."""
+    """LoRA on a real checkpoint: finetune_lora.sh's settings (FULL_LORA; each checked against its line of LLaVA in
+    tests/test_recipe_table.py), every other setting finetune.sh's; what train() picks for zero3+lora and lora."""
     import dataclasses
 
     from llava_nb.methods.registry import get_method
     from llava_nb.training.api import _config
-    from llava_nb.training.config import FULL_LORA_SOURCES, TrainConfig
+    from llava_nb.training.config import FULL_LORA, TrainConfig
 
     lora, full = TrainConfig.recipe(False, 2, adapter=True), TrainConfig.recipe(False, 2)
-    for key, source in FULL_LORA_SOURCES.items():
-        where, flag, value = source.split()
-        assert f" {flag} {value} " in FINETUNE_LORA_LINES[int(where.split(":")[1])], source
-        assert getattr(lora, key) == float(value), key
+    assert {k: getattr(lora, k) for k in FULL_LORA} == FULL_LORA
     assert (lora.lr, lora.mm_projector_lr) == (2e-4, 2e-5)
-    others = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in FULL_LORA_SOURCES]
+    others = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in FULL_LORA]
     assert {k: getattr(lora, k) for k in others} == {k: getattr(full, k) for k in others}
     for method in ("zero3+lora", "lora"):
         assert _config(None, {}, False, 2, get_method(method).for_stage(2)) == lora

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import tempfile
+from pathlib import Path
 
 #: the sub-commands, each a module of this package named after the data file it writes
 EXPERIMENTS = ("engines_gpu", "memory_gpu", "paged_probe", "peft_gpu", "sweep_compute", "sweep_data", "sweep_recipe",
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.gpu",
                                      description=f"{__doc__}\nexperiments:\n{listing}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", metavar="DIR", help="scratch folder for caches and stand-in checkpoints, kept "
+                        "(default: a new temporary folder, removed when the experiment ends)")
     sub = parser.add_subparsers(dest="experiment", required=True, metavar="<experiment>",
                                 help="one of the experiments above; <experiment> --help says more")
     for name, module in modules.items():
@@ -41,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.run(args)
+    with tempfile.TemporaryDirectory(prefix="llava_nb-gpu-") as tmp:
+        args.work = Path(args.work or tmp)  # every experiment's scratch files go under it
+        args.work.mkdir(parents=True, exist_ok=True)
+        args.run(args)
 
 
 if __name__ == "__main__":

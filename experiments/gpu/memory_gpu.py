@@ -44,7 +44,7 @@ def command(a, method: str, cap: float | None) -> list[str]:
     """The torchrun command that measures ``method`` at ``a.points``, appending to ``a.out``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.gpus), "-m",
            "llava_nb.lab.measure", "--model", MODEL, "--method", method, "--points", a.points, "--out", a.out,
-           "--checkpoint-dir", "/tmp/llava-1.5-7b-random"]
+           "--checkpoint-dir", str(a.work / "llava-1.5-7b-random")]
     if cap:
         cmd += ["--cap-gib", str(cap)]
     if a.no_grad_checkpointing:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from .common import append_line
 
@@ -53,8 +54,8 @@ def cli_args(settings: list[str]) -> list[str]:
     return args
 
 
-def run(name: str) -> dict:
-    d = f"/tmp/sweep_{abs(hash(name))}"
+def run(name: str, work: Path) -> dict:
+    d = work / f"sweep_compute-{name}"
     shutil.rmtree(d, ignore_errors=True)
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "4"}
     start = time.time()
@@ -68,5 +69,5 @@ def run(name: str) -> dict:
 
 def main(a) -> None:
     with ThreadPoolExecutor(4) as ex:
-        for res in ex.map(run, VARIANTS):
+        for res in ex.map(run, VARIANTS, [a.work] * len(VARIANTS)):
             append_line(a.out, res)

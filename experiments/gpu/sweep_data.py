@@ -74,11 +74,11 @@ def tokens_per_epoch(instruct_json: str) -> tuple[int, int]:
                           for r in recs)
 
 
-def fresh_folder(prefix: str, name: str) -> str:
-    """An empty folder of its own for a variant's cache (and retrained parts)."""
-    d = f"/tmp/{prefix}_{abs(hash(name))}"
+def fresh_folder(work: Path, prefix: str, name: str) -> str:
+    """An empty folder of its own under ``work`` for a variant's cache (and retrained parts)."""
+    d = work / f"{prefix}-{name}"
     shutil.rmtree(d, ignore_errors=True)
-    return d
+    return str(d)
 
 
 def train_stage2(worker: str, payload: list, hp: dict, env: dict, *cli: str) -> tuple[dict | None, str]:
@@ -92,10 +92,10 @@ def train_stage2(worker: str, payload: list, hp: dict, env: dict, *cli: str) -> 
     return json.loads(p.stdout.strip().splitlines()[-1]), ""
 
 
-def run(name: str) -> dict:
+def run(name: str, work: Path) -> dict:
     """Train the variant ``name`` in a fresh cache: its record, or {"name", "error"} if training failed."""
     v = VARIANTS[name]
-    d = fresh_folder("sweep_data", name)
+    d = fresh_folder(work, "sweep_data", name)
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "2"}
     if v.get("pretrain"):  # a fresh LLM in the variant's own folder, beside a copy of the committed ViT
         shutil.copytree(PRETRAINED_DIR / "tiny-clip-vit", f"{d}/pretrained/tiny-clip-vit")
@@ -120,5 +120,5 @@ def add_arguments(p) -> None:
 def main(a) -> None:
     names = a.variants or list(VARIANTS)
     with ThreadPoolExecutor(len(names)) as ex:
-        for res in ex.map(run, names):
+        for res in ex.map(run, names, [a.work] * len(names)):
             append_line(a.out, res)

@@ -38,6 +38,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
 from .common import PRETRAINED_DIR, append_line
 from .sweep_data import fresh_folder, tokens_per_epoch, train_stage2
@@ -152,11 +153,11 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def run(name: str) -> dict:
+def run(name: str, work: Path) -> dict:
     """Train the variant ``name`` in a fresh cache: its record, or {"name", "error"} if training failed."""
     v = VARIANTS[name]
     seed = v.get("seed", 0)
-    d = fresh_folder("sweep_recipe", name)
+    d = fresh_folder(work, "sweep_recipe", name)
     env = {**os.environ, "LLAVA_NB_CACHE": d, "OMP_NUM_THREADS": "1"}
     if v.get("pretrain"):  # fresh tiny parts in the variant's own folder (but copies of the committed ones in "keep")
         env["LLAVA_NB_PRETRAINED"] = f"{d}/pretrained"
@@ -193,5 +194,5 @@ def select(variants: list[str], span: str | None) -> list[str]:
 def main(a) -> None:
     names = select(a.variants, a.span)
     with ThreadPoolExecutor(len(names)) as ex:
-        for future in as_completed([ex.submit(run, name) for name in names]):
+        for future in as_completed([ex.submit(run, name, a.work) for name in names]):
             append_line(a.out, future.result())

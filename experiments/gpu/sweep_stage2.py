@@ -43,7 +43,8 @@ def add_arguments(p) -> None:
 def main(a) -> None:
     for var, value in NO_MULTICAST.items():
         os.environ.setdefault(var, value)
-    os.environ["LLAVA_NB_CACHE"] = "/tmp/llava_nb_sweep" + ("_image_last" if a.image_last else "")  # before llava_nb
+    # before llava_nb is imported
+    os.environ["LLAVA_NB_CACHE"] = str(a.work / ("sweep_stage2" + ("_image_last" if a.image_last else "")))
     out_file = a.out or GPU_DIR / ("sweep_stage2_image_last.json" if a.image_last else "sweep_stage2.json")
     import torch
 

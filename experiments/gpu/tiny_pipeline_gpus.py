@@ -22,20 +22,17 @@ from pathlib import Path
 
 from .common import GPU_DIR, NO_MULTICAST
 
-WORK = Path("/tmp/llava_nb_gpu")
-
-
 def add_arguments(p) -> None:
     p.add_argument("out", nargs="?", default=GPU_DIR / "tiny_pipeline_gpus.json",
                    help="JSON file the record is written to (default: data/gpu/tiny_pipeline_gpus.json)")
     p.add_argument("--who-am-i", metavar="DIR", help="(internal) be one of the processes launch_who_am_i starts")
 
 
-def set_environment() -> None:
-    """No NVLink multicast, and the cache in ``WORK``: before torch and llava_nb are imported."""
+def set_environment(work: Path) -> None:
+    """No NVLink multicast, and the cache in ``work``: before torch and llava_nb are imported."""
     for var, value in NO_MULTICAST.items():
         os.environ.setdefault(var, value)
-    os.environ["LLAVA_NB_CACHE"] = str(WORK / "cache")
+    os.environ["LLAVA_NB_CACHE"] = str(work / "cache")
 
 
 def who_am_i(out_dir):
@@ -104,13 +101,13 @@ def launch_who_am_i(ranks: Path, n: int) -> str:
 
 
 def main(a) -> None:
-    set_environment()
+    set_environment(a.work)
     if a.who_am_i:  # a process started by accelerate launch (launch_who_am_i's fallback)
         return who_am_i(a.who_am_i)
-    run(a.out)
+    run(a.out, a.work)
 
 
-def run(out_file: str | Path) -> None:
+def run(out_file: str | Path, work: Path) -> None:
     """The fork probe, the launcher's processes, ``accelerate launch``, the tiny pipeline: one record."""
     probe = fork_probe()
     print("fork probe:", json.dumps(probe), flush=True)
@@ -119,7 +116,7 @@ def run(out_file: str | Path) -> None:
     from llava_nb.training.api import train
 
     n = torch.cuda.device_count()  # torch.cuda.is_initialized() stays False (whether fork still works: the probe)
-    ranks = WORK / "ranks"
+    ranks = work / "ranks"
     ranks.mkdir(parents=True, exist_ok=True)
     print("CUDA initialised in the parent before the launcher:", torch.cuda.is_initialized(), flush=True)
     how = launch_who_am_i(ranks, n)
@@ -129,7 +126,7 @@ def run(out_file: str | Path) -> None:
     launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                                str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                                "-m", "llava_nb", "train", "--model", "tiny-llava-1.5", "--stage", "1", "--max-steps",
-                               "4", "--output-dir", str(WORK / "launched"), "--set", "log_every=0"],
+                               "4", "--output-dir", str(work / "launched"), "--set", "log_every=0"],
                               capture_output=True, text=True)
     accelerate_launch = {"exit_code": launched.returncode, "seconds": round(time.perf_counter() - start, 1),
                          "last_line": json.loads(launched.stdout.strip().splitlines()[-1]) if launched.returncode == 0

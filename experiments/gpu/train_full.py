@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="global batch (LLaVA's stage 2: 128)")
     p.add_argument("--micro-batch", type=int, help="override the plan's micro-batch (the record says so)")
     p.add_argument("--samples", type=int, default=3000, help="synthetic training samples")
-    p.add_argument("--checkpoints", default="/tmp/llava-nb-checkpoints", help="where the stand-ins are written")
+    p.add_argument("--checkpoints", help="where the stand-ins are written and reused (default: under --work)")
     p.add_argument("--budget", type=float, default=540, help="seconds: start no run after this")
     p.add_argument("--out", required=True, help="JSON-lines file the new records are appended to")
 
@@ -94,7 +94,7 @@ def main(a) -> None:
     gpus = torch.cuda.device_count()
     skip = done(DONE, out, key=KEY)
     start = time.perf_counter()
-    folder = _checkpoint(a.model, Path(a.checkpoints))
+    folder = _checkpoint(a.model, Path(a.checkpoints) if a.checkpoints else a.work / "checkpoints")
     from llava_nb.models.specs import get_spec
 
     anyres = get_spec(a.model).model_type == "llava_next"  # v1.6: images of several aspect ratios, tiled by anyres

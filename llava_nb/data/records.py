@@ -35,8 +35,10 @@ class DataError(LlavaNbError):
         super().__init__(f"{record_id}: {problem}; {fix}")
 
 
-def validate_record(record: dict, index: int, image_folder: Path | None) -> dict:
-    """A checked, normalised copy of one record: roles become ``human``/``gpt``, ``image`` an absolute path."""
+def validate_record(record: dict, index: int, image_folder: Path | None, images_outside: bool = False) -> dict:
+    """A checked, normalised copy of one record: roles become ``human``/``gpt``, ``image`` an absolute path.
+    ``image`` must lie inside ``image_folder`` unless ``images_outside`` allows any path (an absolute one, or one
+    that climbs out with ``..``)."""
     if not isinstance(record, dict):
         raise DataError(f"record #{index}", f"is a {type(record).__name__}, not an object", "each record must be a JSON object")
     rid = record.get("id", f"record #{index}")
@@ -79,9 +81,10 @@ def validate_record(record: dict, index: int, image_folder: Path | None) -> dict
         if image_folder is None:
             raise DataError(rid, "has an image but no image_folder was given", "pass image_folder=")
         image = Path(os.path.normpath(Path(image_folder) / record["image"]))  # lexical: symlinks inside may point out
-        if not image.is_relative_to(os.path.normpath(image_folder)):
+        if not images_outside and not image.is_relative_to(os.path.normpath(image_folder)):
             raise DataError(rid, f"has an image path outside image_folder ({record['image']!r})",
-                            "give images as paths relative to image_folder, inside it", kind="image outside folder")
+                            "give images as paths relative to image_folder, inside it, or allow paths outside it "
+                            "(--images-outside-folder, images_outside_folder=True)", kind="image outside folder")
         if not image.is_file():
             raise DataError(rid, f"missing image file {image}", "check image_folder and the record's 'image' path",
                             kind="missing image file")
@@ -91,12 +94,13 @@ def validate_record(record: dict, index: int, image_folder: Path | None) -> dict
     return out
 
 
-def load_conversations(json_path, image_folder=None, skip_bad: bool = False) -> list[dict]:
+def load_conversations(json_path, image_folder=None, skip_bad: bool = False,
+                       images_outside: bool = False) -> list[dict]:
     """Read and check a LLaVA-format JSON (or JSON Lines) file.
 
     Returns the records with roles normalised and ``image`` resolved to a path under ``image_folder`` (None for
-    text-only records). A bad record raises ``DataError``; with ``skip_bad=True`` bad records are skipped and counted
-    in one warning that names the problems.
+    text-only records); ``images_outside=True`` also accepts paths that lead out of it. A bad record raises
+    ``DataError``; with ``skip_bad=True`` bad records are skipped and counted in one warning that names the problems.
     """
     path = Path(json_path)
     if not path.is_file():
@@ -112,7 +116,7 @@ def load_conversations(json_path, image_folder=None, skip_bad: bool = False) -> 
     good, problems = [], Counter()
     for i, record in enumerate(records):
         try:
-            good.append(validate_record(record, i, folder))
+            good.append(validate_record(record, i, folder, images_outside))
         except DataError as err:
             if not skip_bad:
                 raise

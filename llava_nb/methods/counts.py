@@ -2,8 +2,8 @@
 registry trains), and ``trained_sizes`` (every parameter tensor a method holds, and whether it trains), which the
 memory calculator partitions. Pure Python; a built module is walked instead (``models.params``).
 
-    stage 1 (``stage1``)      the projector and v1.6's ``image_newline``
-    stage 2 (ddp, zero3, ...)  + the LLM and ``lm_head`` (the ViT frozen)
+    stage 1 (``stage1``)      the projector
+    stage 2 (ddp, zero3, ...)  + v1.6's ``image_newline``, the LLM and ``lm_head`` (the ViT frozen)
     adapters (lora, zero3+lora, ...)  LoRA's A (r, in) and B (out, r) on every adapted LLM Linear, r (in + out)
                                each, and peft's trained copy of the projector (``modules_to_save``)
 """
@@ -26,7 +26,7 @@ def count_parameters(model, method: str = "full", lora_r: int = LLAVA_LORA_R, lo
 
     ``model``: a name, alias, ``ModelSpec``, transformers config (all counted without torch) or module. ``method``:
 
-    * ``stage1``: projector (and v1.6's ``image_newline``) only: LLaVA's pretraining stage;
+    * ``stage1``: the projector only: LLaVA's pretraining stage (``methods.stages``);
     * ``full`` (or any engine: ``ddp``, ``zero3``, ...): stage 2, projector + LLM + lm_head with the ViT frozen;
     * an adapter method (``lora``, ``qlora``, ``zero3+lora``, ...): LLaVA's recipe, adapters of rank ``lora_r`` on
       ``lora_targets`` (default: every Linear of the LLM; ``lm_head`` is outside the LLM body) plus the projector
@@ -42,7 +42,7 @@ def count_parameters(model, method: str = "full", lora_r: int = LLAVA_LORA_R, lo
     breakdown, total, adapted = parameter_breakdown(model, lora_targets if adapters else None)
     result = {"total": total, "breakdown": breakdown, "method": method}
     if chosen.trains == "projector":
-        result["trainable"] = breakdown["projector"] + breakdown["image_newline"]
+        result["trainable"] = breakdown["projector"]
     elif chosen.trains == "llm":
         result["trainable"] = total - breakdown["vision_tower"]
     else:  # peft trains its copy of the projector (modules_to_save), not image_newline
@@ -63,7 +63,7 @@ def trained_sizes(method, sizes, parts, adapter_sizes) -> tuple:
     if method.trains == "llm":
         return tuple(sizes)
     if method.trains == "projector":
-        return tuple((part in ("projector", "image_newline"), s) for part, (_, s) in zip(parts, sizes))
+        return tuple((part == "projector", s) for part, (_, s) in zip(parts, sizes))
     projector = tuple((True, s) for part, (_, s) in zip(parts, sizes) if part == "projector")
     return tuple((False, s) for _, s in sizes) + tuple((True, s) for s in adapter_sizes) + projector
 

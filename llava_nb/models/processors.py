@@ -50,6 +50,24 @@ def build_image_processor(model):
     return LlavaImageProcessorPil(do_pad=True, **common)
 
 
+def padding_like_llava(image_processor, model):
+    """``image_processor`` as LLaVA-1.5 preprocesses: a v1.5 model's processor that does not pad to a square (the
+    llava-hf checkpoints' ``CLIPImageProcessor``: shortest edge, then a centre crop that cuts the longer side) is
+    replaced by a ``LlavaImageProcessorPil`` with the same sizes and normalisation and ``do_pad=True``. LLaVA's stage
+    2 pads (haotian-liu/LLaVA@c121f04 scripts/v1_5/finetune.sh:15 ``--image_aspect_ratio pad``, applied in
+    llava/train/train.py:702-715), and so does its inference (llava/mm_utils.py:166-172). v1 and v1.6 processors
+    are returned unchanged."""
+    cfg = as_config(model)
+    if cfg.model_type != "llava" or getattr(cfg, "mm_projector_type", "mlp2x_gelu") == "linear":
+        return image_processor
+    if type(image_processor).__name__.startswith("LlavaImageProcessor") and image_processor.do_pad:
+        return image_processor
+    ip = image_processor
+    return LlavaImageProcessorPil(do_pad=True, size=dict(ip.size), crop_size=dict(ip.crop_size),
+                                  do_center_crop=ip.do_center_crop, image_mean=list(ip.image_mean),
+                                  image_std=list(ip.image_std), do_convert_rgb=True, resample=ip.resample)
+
+
 def build_processor(model, tokenizer=None, num_additional_image_tokens: int = 1, image_processor=None):
     """A ``LlavaProcessor`` (v1, v1.5) or ``LlavaNextProcessor`` (v1.6) for a model.
 
@@ -71,10 +89,13 @@ def build_processor(model, tokenizer=None, num_additional_image_tokens: int = 1,
 
 def load_processor(path_or_name):
     """``AutoProcessor.from_pretrained`` a checkpoint folder, a Hub id, or a known name with a public checkpoint
-    (no remote code)."""
+    (no remote code), with the image processor's PIL backend. Where torchvision is installed, transformers 5 picks
+    its torchvision backend by default, whose resampling differs from PIL's in the last bits (and, at seams, by up
+    to 0.015 after normalisation); LLaVA's own preprocessing is PIL's (``CLIPImageProcessor``), and so is every
+    processor this package builds."""
     from pathlib import Path
 
-    from transformers import AutoProcessor
+    from transformers import AutoImageProcessor, AutoProcessor
 
     from .architectures import hub_id, resolve_name
     from ..errors import UnknownModelError
@@ -85,4 +106,7 @@ def load_processor(path_or_name):
             source = hub_id(resolve_name(source)) or source
         except UnknownModelError:
             pass  # an id this package does not know: let transformers try it
-    return AutoProcessor.from_pretrained(source, trust_remote_code=False)
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+    if not type(processor.image_processor).__name__.endswith("Pil"):
+        processor.image_processor = AutoImageProcessor.from_pretrained(source, backend="pil", trust_remote_code=False)
+    return processor

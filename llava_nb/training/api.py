@@ -26,10 +26,10 @@ from pathlib import Path
 
 from ..errors import LlavaNbError, TrainingError  # noqa: F401 (TrainingError re-exported: chapters import it here)
 from ..paths import CACHE_DIR
-from .config import FULL_METHODS, TINY_METHOD, TrainConfig, TrainSpec
-from .launch import default_num_processes, launch
+from .config import FULL_METHODS, TINY_METHOD, ConfigError, TrainConfig, TrainSpec
+from .launch import check_gpus, default_num_processes, launch
 from .loading import _model_config, tiny_name
-from .output_dir import check_resume_settings, prepare_output
+from .output_dir import check_resume_settings, latest_checkpoint, prepare_output
 from .preflight import check_data, check_model
 from .safe_resume import check_resume_folder
 from .worker import TRACEBACK_MARK
@@ -89,6 +89,7 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     if cfg.resume_from is not None:
         check_resume_folder(cfg.resume_from)  # inspected, never unpickled, before any process starts
     processes = cfg.num_processes or default_num_processes()
+    check_gpus(processes)
     plan = None if tiny else _plan(model, chosen, cfg, processes)
     if plan is not None and cfg.micro_batch is None and cfg.gradient_accumulation_steps is None:
         cfg = dataclasses.replace(cfg, micro_batch=plan.micro_batch)
@@ -101,14 +102,9 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
         from .pretrain import ensure_pretrained_parts
 
         ensure_pretrained_parts()
-    prior = None
-    if stage == 2 and tiny and not Path(model).is_dir():
-        # stage 1 trains the projector alone: adapters have nothing to do there (LLaVA's LoRA runs start from the
-        # same stage-1 projector as full fine-tuning)
-        prior_method = "ddp" if chosen.adapter.name != "none" else chosen.engine.name
-        prior = train(model, 1, method=prior_method, seed=seed, **{k: v for k, v in settings.items()
-                                                                   if k in ("num_processes", "n_images", "n_test", "force")})
-        model = prior["final_dir"]
+    stage1 = _stage1(model, chosen, seed, settings) if stage == 2 and tiny and not Path(model).is_dir() else None
+    if stage1:
+        model = stage1["final_dir"]  # where stage 1 will leave it: every check below runs before it trains
     out = Path(output_dir) if output_dir else default_output_dir(model, stage, chosen.key, seed)
     spec = TrainSpec(model, stage, chosen.key, str(data), str(image_folder) if image_folder else None,
                      str(eval_data) if eval_data else None, str(out), seed, cfg)
@@ -116,9 +112,16 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     fingerprint = json.loads(json.dumps(spec.fingerprint))  # as JSON has it (tuples become lists)
     if cfg.resume_from is not None:
         check_resume_settings(cfg.resume_from, fingerprint)  # before anything is written
+    if cfg.resume_lr and cfg.resume_from is None and latest_checkpoint(out) is None:
+        raise ConfigError(f"resume_lr={cfg.resume_lr!r} changes the learning rate of a resumed run, and there is no "
+                          "checkpoint to resume from; give resume_from (--resume-from), or set lr for a new run")
     previous, resume = prepare_output(out, fingerprint, cfg.force, cfg.resume_from, managed=output_dir is None)
     if previous:
         return previous
+    prior = None
+    if stage1:
+        prior = train(**stage1["call"])
+        assert prior["final_dir"] == model, (prior["final_dir"], model)
     if resume != cfg.resume_from:  # this run's own folder: it continues from its latest checkpoint
         check_resume_folder(resume)
         spec.config = dataclasses.replace(cfg, resume_from=resume)
@@ -130,6 +133,19 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
         result["stage1"] = {k: prior.get(k) for k in ("train_loss", "seconds", "final_dir", "cached")}
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _stage1(model: str, chosen, seed: int, settings: dict) -> dict:
+    """The stage-1 run a tiny name's stage 2 starts from: ``call`` (``train``'s arguments) and its ``final_dir``.
+    Stage 1 trains the projector alone, so adapters have nothing to do there (LLaVA's LoRA runs start from the same
+    stage-1 projector as full fine-tuning)."""
+    from ..methods.registry import get_method
+
+    method = "ddp" if chosen.adapter.name != "none" else chosen.engine.name
+    call = {"model": model, "stage": 1, "method": method, "seed": seed,
+            **{k: v for k, v in settings.items() if k in ("num_processes", "n_images", "n_test", "force")}}
+    key = get_method(method).for_stage(1).key
+    return {"call": call, "final_dir": str(default_output_dir(model, 1, key, seed) / "final")}
 
 
 def _synthetic_for(model: str, tiny: str | None, stage: int, seed: int, cfg: TrainConfig) -> tuple:

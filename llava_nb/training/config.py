@@ -44,9 +44,10 @@ TINY_HYPERPARAMS = {
 TINY_LORA = dict(lr=2e-3, epochs=6, weight_decay=0.0, mixed_precision="no", attn_implementation=None, lora_r=16,
                  lora_alpha=32)
 #: LLaVA-1.5's recipe for real checkpoints, from haotian-liu/LLaVA@c121f04 scripts/v1_5/pretrain.sh (stage 1) and
-#: finetune.sh (stage 2), flag by flag: each setting's source line is in ``FULL_SOURCES`` (the book tables them).
-#: The global batch is the per-GPU batch on LLaVA's 8 GPUs. finetune.sh:16's --group_by_modality_length is
-#: ``group_by_modality_length`` (``data.sampling``: one modality per step, lengths balanced across processes).
+#: finetune.sh (stage 2), flag by flag: each setting's line of LLaVA is in data/llava_recipe.json (see
+#: ``llava_recipe_table``; the book tables it). The global batch is the per-GPU batch on LLaVA's 8 GPUs.
+#: finetune.sh:16's --group_by_modality_length is ``group_by_modality_length`` (``data.sampling``: one modality per
+#: step, lengths balanced across processes).
 FULL_HYPERPARAMS = {
     1: dict(lr=1e-3, epochs=1, batch_size=256, max_length=2048, warmup_ratio=0.03, mixed_precision="bf16",
             tf32=True, gradient_checkpointing=True),
@@ -56,33 +57,25 @@ FULL_HYPERPARAMS = {
 #: LLaVA-1.5's engines for real checkpoints: ZeRO-2 for stage 1 (pretrain.sh:4 --deepspeed ./scripts/zero2.json),
 #: ZeRO-3 for stage 2 (finetune.sh:4 --deepspeed ./scripts/zero3.json; finetune_lora.sh:5 runs LoRA on it too).
 FULL_METHODS = {1: "zero2", 2: "zero3"}
-#: setting -> (stage 1's source, stage 2's source): lines of haotian-liu/LLaVA@c121f04 scripts/v1_5/
-FULL_SOURCES = {
-    "method": ("pretrain.sh:4 --deepspeed ./scripts/zero2.json", "finetune.sh:4 --deepspeed ./scripts/zero3.json"),
-    "lr": ("pretrain.sh:25 --learning_rate 1e-3", "finetune.sh:27 --learning_rate 2e-5"),
-    "batch_size": ("pretrain.sh:18 --per_device_train_batch_size 32, x 8 GPUs",
-                   "finetune.sh:20 --per_device_train_batch_size 16, x 8 GPUs"),
-    "epochs": ("pretrain.sh:17 --num_train_epochs 1", "finetune.sh:19 --num_train_epochs 1"),
-    "max_length": ("pretrain.sh:31 --model_max_length 2048", "finetune.sh:33 --model_max_length 2048"),
-    "warmup_ratio": ("pretrain.sh:27 --warmup_ratio 0.03", "finetune.sh:29 --warmup_ratio 0.03"),
-    "weight_decay": ("pretrain.sh:26 --weight_decay 0.", "finetune.sh:28 --weight_decay 0."),
-    "mixed_precision": ("pretrain.sh:15 --bf16 True", "finetune.sh:17 --bf16 True"),
-    "tf32": ("pretrain.sh:30 --tf32 True", "finetune.sh:32 --tf32 True"),
-    "gradient_checkpointing": ("pretrain.sh:32 --gradient_checkpointing True",
-                               "finetune.sh:34 --gradient_checkpointing True"),
-    "group_by_modality_length": ("(not set)", "finetune.sh:16 --group_by_modality_length True"),
-}
 #: LLaVA-1.5's LoRA recipe for real checkpoints (stage 2 with an adapter), from haotian-liu/LLaVA@c121f04
 #: scripts/v1_5/finetune_lora.sh: adapters at 2e-4, the projector (trained in full) at its own 2e-5; every other
-#: flag is finetune.sh's (the two files differ in lines 4 and 28 and the output folder). Sources in
-#: ``FULL_LORA_SOURCES``.
+#: flag is finetune.sh's (finetune_lora.sh adds line 4 and changes only the learning rate, line 28, and the output
+#: folder). Dropout 0.05 and bias "none" are LLaVA's defaults (llava/train/train.py:108,110).
 FULL_LORA = dict(lr=2e-4, mm_projector_lr=2e-5, lora_r=128, lora_alpha=256)
-FULL_LORA_SOURCES = {
-    "lr": "finetune_lora.sh:28 --learning_rate 2e-4",
-    "mm_projector_lr": "finetune_lora.sh:4 --mm_projector_lr 2e-5",
-    "lora_r": "finetune_lora.sh:4 --lora_r 128",
-    "lora_alpha": "finetune_lora.sh:4 --lora_alpha 256",
-}
+
+
+def llava_recipe_table() -> list[dict]:
+    """The rows of ``data/llava_recipe.json``: every recipe setting above (and the few set elsewhere: the lr
+    schedule, gradient clipping, LoRA's targets and bias) by stage (1, 2, "lora"), with the package's value, LLaVA's
+    file, line and verbatim text, and the package's file and line. ``python -m llava_nb.lab.recipe_table`` writes
+    it; tests/test_recipe_table.py checks it against these recipes."""
+    import json
+
+    from ..paths import DATA_DIR
+
+    return json.loads((DATA_DIR / "llava_recipe.json").read_text())
+
+
 #: tiny models: torch DDP over 2 CPU processes (or every GPU)
 TINY_METHOD = "ddp"
 
@@ -123,12 +116,14 @@ class TrainConfig:
     max_steps: int | None = None
     stop_after: int | None = None
     resume_from: str | None = None
+    resume_lr: float | None = None  # on resume: the new lr (every group scaled by resume_lr / lr; the schedule goes on)
     num_processes: int | None = None  # None: every GPU, or 2 CPU processes
     gpu_memory_gib: float | None = None  # per GPU, for the plan (None: read from the GPU; no plan on a CPU)
     eval_max: int = 300
     n_images: int = 3000  # the synthetic set (tiny models)
     n_test: int = 300
     force: bool = False
+    images_outside_folder: bool = False  # accept data records whose image path leads out of image_folder
 
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)
@@ -138,7 +133,7 @@ class TrainConfig:
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         for name in ("lr", "mm_projector_lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps",
                      "max_length", "lora_r", "lora_alpha", "max_steps", "stop_after", "num_processes", "eval_max",
-                     "n_images", "save_total_limit"):
+                     "n_images", "save_total_limit", "resume_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")

@@ -82,7 +82,8 @@ def _evaluate(model, device, spec, method, tokenizer, image_processor, template:
             model = load_model(Path(spec.output_dir) / "final").to(device)
             if spec.config.attn_implementation:
                 model.set_attn_implementation(spec.config.attn_implementation)
-        test = load_conversations(spec.eval_data, spec.image_folder)[: spec.config.eval_max]
+        test = load_conversations(spec.eval_data, spec.image_folder,
+                                  images_outside=spec.config.images_outside_folder)[: spec.config.eval_max]
         test_set = ConversationDataset(test, tokenizer, model.config, template, spec.config.max_length,
                                        image_processor)
         metrics = evaluate(model, test_set)

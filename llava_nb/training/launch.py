@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import LlavaNbError
 from .config import TrainSpec
 from .worker import run_worker
 
@@ -45,6 +46,19 @@ def gpu_memory_gib() -> float | None:
 def default_num_processes() -> int:
     """Every GPU where there are GPUs (without initialising CUDA in this process), else 2 CPU processes."""
     return torch.cuda.device_count() if torch.cuda.is_available() else 2
+
+
+def check_gpus(num_processes: int) -> None:
+    """On a machine with GPUs each process takes one (NCCL refuses two ranks on one device, "Duplicate GPU
+    detected", after the model has loaded): more processes than GPUs is an error here, before anything starts. Not
+    checked inside ``accelerate launch``/``torchrun``, where the launcher placed the processes."""
+    if _in_distributed_launch() or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if num_processes > gpus:
+        raise LlavaNbError(f"num_processes={num_processes} but this machine has {gpus} GPU(s), one per process; use "
+                           f"num_processes <= {gpus} (--num-processes), or hide the GPUs (CUDA_VISIBLE_DEVICES=) "
+                           "to run CPU processes")
 
 
 def _launch_fresh_processes(spec: TrainSpec, num_processes: int) -> None:

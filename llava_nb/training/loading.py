@@ -66,14 +66,15 @@ def _uses_tiny_processing(model: str, check: bool = True) -> bool:
 
 
 def load_processing(model: str):
-    """(tokenizer, image_processor) of a tiny name, checkpoint folder (its files checked) or Hub id; no weights."""
-    from ..models.processors import build_image_processor, load_processor
+    """(tokenizer, image_processor) of a tiny name, checkpoint folder (its files checked) or Hub id; no weights.
+    A v1.5 checkpoint's image processor pads to a square as LLaVA-1.5 trains (``processors.padding_like_llava``)."""
+    from ..models.processors import build_image_processor, load_processor, padding_like_llava
     from ..models.tokenizer import load_tokenizer
 
     if _uses_tiny_processing(model):
         return load_tokenizer(), build_image_processor(_model_config(model))
     processor = load_processor(model)
-    return processor.tokenizer, processor.image_processor
+    return processor.tokenizer, padding_like_llava(processor.image_processor, _model_config(model))
 
 
 def load_text_tokenizer(model: str):

@@ -74,3 +74,19 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     groups = parameter_groups(model.named_parameters(), no_decay_names(model), projector_names(model), lr,
                               weight_decay, mm_projector_lr)
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def change_lr(scheduler, fresh_base_lrs: list[float], lr: float, resume_lr: float) -> float:
+    """Set a resumed run's learning rate: every group's base lr becomes its fresh one times ``resume_lr / lr`` (the
+    projector's ``mm_projector_lr`` keeps its ratio to ``lr``), and the current lr follows the schedule from the
+    restored step: ``lr_g(t) = base_g * lambda(t)``. ``fresh_base_lrs`` are the base lrs before the checkpoint was
+    loaded, so setting the same ``resume_lr`` twice changes nothing. Returns the factor applied to the checkpoint's
+    base lrs."""
+    new = [b * resume_lr / lr for b in fresh_base_lrs]
+    factor = new[0] / scheduler.base_lrs[0]
+    scheduler.base_lrs = new
+    for group, base, schedule in zip(scheduler.optimizer.param_groups, new, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * schedule(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]  # what get_last_lr() reads
+    return factor

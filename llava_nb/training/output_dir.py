@@ -97,20 +97,24 @@ def finish_checkpoint(partial: Path, keep: int | None) -> Path:
 
 def check_resume_settings(checkpoint, fingerprint: dict) -> None:
     """Raise when the run that wrote ``checkpoint`` had other settings than this one (where it writes aside):
-    the restored optimizer, scheduler and data position would not follow them. Checkpoints written before the
-    settings were saved beside them are not checked."""
+    the restored optimizer, scheduler and data position would not follow them. The one change allowed is explicit:
+    ``resume_lr`` sets a new learning rate from the checkpoint on. Checkpoints written before the settings were
+    saved beside them are not checked."""
     saved = _manifest(Path(checkpoint))
     if saved is None:
         return
     differ = {k: (saved.get(k), fingerprint.get(k)) for k in set(saved) | set(fingerprint)
               if k not in ("output_dir", "config") and saved.get(k) != fingerprint.get(k)}
     old, new = saved.get("config", {}), fingerprint.get("config", {})
-    differ.update({k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)})
+    differ.update({k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+                   if old.get(k) != new.get(k) and k != "resume_lr"})
     if differ:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differ.items())[:6])
+        lr = (f"; to change the learning rate from here, keep lr={differ['lr'][0]!r} and add --set resume_lr="
+              f"{differ['lr'][1]!r} (resume_lr=)" if "lr" in differ else "")
         raise OutputDirError(f"{checkpoint} was trained with other settings ({listed}); resume with the settings it "
                              "was trained with, since the restored optimizer, scheduler and data position follow "
-                             "those, or start a new run")
+                             f"those, or start a new run{lr}")
 
 
 def _manifest(out: Path) -> dict | None:
@@ -125,7 +129,9 @@ def _finished_result(out: Path, fingerprint: dict) -> dict | None:
         previous = json.loads((out / "result.json").read_text())
     except (OSError, ValueError):
         return None
-    if previous.get("spec") == fingerprint and previous.get("finished"):
+    # "seconds_total" is written by train() itself once it has collected the workers' result: a result.json without
+    # it was left by workers whose launcher was stopped (a notebook cell's timeout, say) and lacks what train() adds
+    if previous.get("spec") == fingerprint and previous.get("finished") and "seconds_total" in previous:
         return {**previous, "cached": True}
     return None
 

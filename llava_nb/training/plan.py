@@ -108,12 +108,22 @@ def _check_host(model, method: str, need: float, host: float | None, gpu_memory_
     """A ``PlanError`` when the host part ``need`` (GiB) exceeds ``host`` less ``HOST_HEADROOM``."""
     if not need or host is None or need <= host * (1 - HOST_HEADROOM):
         return
-    options = [f"{other} ({est.peak_gib:.1f} GiB per GPU)" for other in ALTERNATIVES if other != method
-               for est in [estimate_memory(model, other, micro_batch=1, **kw)]
-               if not est.cpu_gib and est.fits(gpu_memory_gib, headroom)]
+    options = _other_methods(model, method, gpu_memory_gib, headroom, kw, on_gpu_only=True)
     raise PlanError(f"{method} needs about {need:.1f} GiB of host memory for what it offloads, more than this "
                     f"machine's {host:.0f} GiB less {HOST_HEADROOM:.0%} kept free; use a machine with more RAM"
                     + ("; would fit: " + ", ".join(options) if options else ""))
+
+
+def _other_methods(model, method: str, gpu_memory_gib: float, headroom: float, kw: dict,
+                   on_gpu_only: bool = False) -> list[str]:
+    """``"name (peak GiB)"`` of every method in ``ALTERNATIVES`` but ``method`` that fits at micro-batch 1 (with
+    ``on_gpu_only``, only those that offload nothing to the host)."""
+    fits = []
+    for other in ALTERNATIVES:
+        est = estimate_memory(model, other, micro_batch=1, **kw) if other != method else None
+        if est is not None and est.fits(gpu_memory_gib, headroom) and not (on_gpu_only and est.cpu_gib):
+            fits.append(f"{other} ({est.peak_gib:.1f} GiB per GPU)")
+    return fits
 
 
 def _check(gpus, gpu_memory_gib, global_batch, headroom, micro_batch) -> None:
@@ -132,12 +142,7 @@ def _nothing_fits(model, method: str, gpu_memory_gib: float, headroom: float, gp
     """One line: the peak at micro-batch 1, and the changes that would fit, with their peaks."""
     usable = gpu_memory_gib * (1 - headroom)
     peak = estimate_memory(model, method, gpus=gpus, micro_batch=1, **kw).peak_gib
-    options = []
-    for other in ALTERNATIVES:
-        if other != method:
-            est = estimate_memory(model, other, gpus=gpus, micro_batch=1, **kw)
-            if est.fits(gpu_memory_gib, headroom):
-                options.append(f"{other} ({est.peak_gib:.1f} GiB)")
+    options = _other_methods(model, method, gpu_memory_gib, headroom, {**kw, "gpus": gpus})
     for more in (2 * gpus, 4 * gpus, 8 * gpus):
         est = estimate_memory(model, method, gpus=more, micro_batch=1, **kw)
         if est.fits(gpu_memory_gib, headroom):

@@ -40,5 +40,5 @@ def check_data(model: str, stage: int, cfg, data, image_folder, eval_data=None) 
     tokenizer = load_text_tokenizer(model)
     for path, keep in ((data, None), (eval_data, cfg.eval_max)):
         if path:
-            records = load_conversations(path, image_folder)[:keep]
+            records = load_conversations(path, image_folder, images_outside=cfg.images_outside_folder)[:keep]
             check_lengths(tokenizer, config, records, template, cfg.max_length, source=path)

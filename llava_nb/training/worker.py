@@ -32,14 +32,14 @@ class Progress:
     ``register_for_checkpointing``) so that a resumed run continues exactly where it stopped."""
 
     def __init__(self):
-        self.step, self.losses = 0, []
+        self.step, self.losses, self.lrs = 0, [], []  # lrs: the first group's lr at each optimizer step
         self.interrupted = False  # stopped by Ctrl-C or SIGTERM (``interrupt``); not saved: a resumed run is not
 
     def state_dict(self):
-        return {"step": self.step, "losses": list(self.losses)}
+        return {"step": self.step, "losses": list(self.losses), "lrs": list(self.lrs)}
 
     def load_state_dict(self, state):
-        self.step, self.losses = int(state["step"]), list(state["losses"])
+        self.step, self.losses, self.lrs = int(state["step"]), list(state["losses"]), list(state.get("lrs", []))
 
 
 def run_worker(spec: TrainSpec) -> None:
@@ -109,7 +109,10 @@ def _run_worker(spec: TrainSpec) -> None:
         from .safe_resume import check_resume_folder
 
         check_resume_folder(cfg.resume_from)  # again, as the folder is read: nothing in it may run code
+        fresh = list(scheduler.base_lrs)
         accelerator.load_state(cfg.resume_from)
+        if cfg.resume_lr:
+            _change_lr(accelerator, scheduler, fresh, cfg, progress.step)
     config = accelerator.unwrap_model(model).config
     states, measured = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
                                    Path(spec.output_dir))
@@ -123,7 +126,8 @@ def _run_worker(spec: TrainSpec) -> None:
     result = {"model": spec.model, "stage": spec.stage, "method": method.name, "template": template,
               "steps": progress.step, "total_steps": total, "finished": progress.step >= total,
               "interrupted": progress.interrupted,
-              "losses": progress.losses, "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
+              "losses": progress.losses, "lrs": progress.lrs,
+              "train_loss": float(sum(progress.losses[-10:]) / max(1, len(progress.losses[-10:]))),
               "num_processes": accelerator.num_processes, "micro_batch": micro, "gradient_accumulation_steps": accum,
               "device": accelerator.device.type, "output_dir": spec.output_dir,
               "hyperparams": {k: v for k, v in asdict(cfg).items() if k != "resume_from"},
@@ -176,7 +180,7 @@ def _dataset(spec: TrainSpec, config, tokenizer, image_processor, template):
     from ..data.dataset import ConversationDataset
     from ..data.records import load_conversations
 
-    records = load_conversations(spec.data, spec.image_folder)
+    records = load_conversations(spec.data, spec.image_folder, images_outside=spec.config.images_outside_folder)
     return ConversationDataset(records, tokenizer, config, template, spec.config.max_length, image_processor)
 
 
@@ -263,7 +267,18 @@ def _clipping(accelerator, model, cfg) -> float:
     return float(cfg.max_grad_norm or 0.0)
 
 
+def _change_lr(accelerator, scheduler, fresh: list[float], cfg, step: int) -> None:
+    from .optimizer import change_lr
+
+    was = scheduler.base_lrs[0]
+    factor = change_lr(scheduler, fresh, cfg.lr, cfg.resume_lr)
+    if accelerator.is_main_process and factor != 1:
+        print(f"learning rate changed on resume at step {step}: peak lr {was:g} -> {scheduler.base_lrs[0]:g} "
+              f"(every group x{factor:g}); the schedule continues", flush=True)
+
+
 def _after_step(accelerator, scheduler, progress, loss, cfg, total: int, out: Path) -> None:
+    progress.lrs.append(scheduler.get_last_lr()[0])  # the lr this step used
     scheduler.step()
     progress.step += 1
     progress.losses.append(accelerator.reduce(loss.detach(), "mean").item())
