@@ -145,3 +145,61 @@ def test_torch_adamw_steps_each_group_at_its_lr():
     opt.step()
     assert (proj - before[0]).abs().max().item() == pytest.approx(1e-6, rel=1e-2)
     assert (q - before[1]).abs().max().item() == pytest.approx(1e-3, rel=1e-2)
+
+
+def llava_next_groups(opt_model, weight_decay, mm_projector_lr, mm_vision_tower_lr):
+    """LLaVA-VL/LLaVA-NeXT@df17966 llava/train/llava_trainer.py:597-630, verbatim but for ``self.args`` and the
+    projector's name (``mm_projector`` there, ``multi_modal_projector`` in llava-hf's modules)."""
+    decay_parameters = get_parameter_names(opt_model, ALL_LAYERNORM_LAYERS)
+    decay_parameters = [name for name in decay_parameters if "bias" not in name]
+    lr_mapper = {}
+    if mm_projector_lr is not None:
+        lr_mapper["multi_modal_projector"] = mm_projector_lr
+    if mm_vision_tower_lr is not None:
+        lr_mapper["vision_tower"] = mm_vision_tower_lr
+    special_lr_parameters = [name for name, _ in opt_model.named_parameters() if any(module_keyword in name for module_keyword in lr_mapper)]
+    optimizer_grouped_parameters = [
+        {
+            "params": [p for n, p in opt_model.named_parameters() if (n in decay_parameters and n not in special_lr_parameters and p.requires_grad)],
+            "weight_decay": weight_decay,
+        },
+        {
+            "params": [p for n, p in opt_model.named_parameters() if (n not in decay_parameters and n not in special_lr_parameters and p.requires_grad)],
+            "weight_decay": 0.0,
+        },
+    ]
+    for module_keyword, lr in lr_mapper.items():
+        module_parameters = [name for name, _ in opt_model.named_parameters() if module_keyword in name]
+        optimizer_grouped_parameters.extend(
+            [
+                {
+                    "params": [p for n, p in opt_model.named_parameters() if (n in decay_parameters and n in module_parameters and p.requires_grad)],
+                    "weight_decay": weight_decay,
+                    "lr": lr,
+                },
+                {
+                    "params": [p for n, p in opt_model.named_parameters() if (n not in decay_parameters and n in module_parameters and p.requires_grad)],
+                    "weight_decay": 0.0,
+                    "lr": lr,
+                },
+            ]
+        )
+    return optimizer_grouped_parameters
+
+
+@pytest.mark.parametrize("mm_projector_lr", [None, 2e-5])
+def test_a_trained_vision_tower_gets_its_own_lr_as_llava_next_does(mm_projector_lr):
+    """LLaVA-1.6's configs record the ViT trained at 2e-6 (``mm_vision_tower_lr``): the same groups as LLaVA-NeXT's
+    create_optimizer, for a v1.6 model with its vision tower unfrozen."""
+    from llava_nb.methods.setup import SetupOptions, setup_model
+
+    model = setup_model(llava_nb.build_model("tiny-llava-v1.6", seed=0), get_method("ddp").for_stage(2),
+                        SetupOptions(unfreeze_vision=True))
+    ours = make_optimizer(model, lr=1e-5, weight_decay=0.1, mm_projector_lr=mm_projector_lr, mm_vision_tower_lr=2e-6)
+    expected = as_sets(llava_next_groups(model, 0.1, mm_projector_lr, 2e-6), 1e-5)
+    assert as_sets(ours.param_groups, None) == expected
+    vision = {id(p) for p in model.model.vision_tower.parameters()}
+    assert {g["lr"] for g in ours.param_groups if vision & set(map(id, g["params"]))} == {2e-6}
+    with pytest.raises(llava_nb.LlavaNbError, match="the vision tower is frozen; add unfreeze_vision=true"):
+        TrainConfig(mm_vision_tower_lr=2e-6)
+    assert TrainConfig(mm_vision_tower_lr=2e-6, unfreeze_vision=True).mm_vision_tower_lr == 2e-6

@@ -90,6 +90,7 @@ class TrainConfig:
 
     lr: float = 2e-5
     mm_projector_lr: float | None = None  # the projector's own lr (LLaVA's --mm_projector_lr; None: lr)
+    mm_vision_tower_lr: float | None = None  # a trained ViT's own lr (LLaVA-NeXT's; needs unfreeze_vision; None: lr)
     epochs: int = 1
     batch_size: int = 128  # samples per optimizer step, over every process
     micro_batch: int | None = None  # samples per process per forward (None: from the other two)
@@ -133,7 +134,7 @@ class TrainConfig:
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         for name in ("lr", "mm_projector_lr", "epochs", "batch_size", "micro_batch", "gradient_accumulation_steps",
                      "max_length", "lora_r", "lora_alpha", "max_steps", "stop_after", "num_processes", "eval_max",
-                     "n_images", "save_total_limit", "resume_lr"):
+                     "n_images", "save_total_limit", "resume_lr", "mm_vision_tower_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")
@@ -142,6 +143,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.max_grad_norm is not None and self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm!r}")
+        if self.mm_vision_tower_lr is not None and not self.unfreeze_vision:
+            raise ConfigError(f"mm_vision_tower_lr={self.mm_vision_tower_lr!r} is the lr of a trained vision tower, and "
+                              "the vision tower is frozen; add unfreeze_vision=true (--set unfreeze_vision=true)")
         if self.group_by_length and self.group_by_modality_length:
             raise ConfigError("group_by_length and group_by_modality_length are two different samplers; set only one")
 

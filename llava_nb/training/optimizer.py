@@ -8,6 +8,9 @@
     projector, not decayed      0                mm_projector_lr       llava_trainer.py:165-194)
 
 Without ``mm_projector_lr`` there are the first two groups, every parameter at ``lr`` (llava_trainer.py:195-208).
+With ``mm_vision_tower_lr`` (a trained ViT, as LLaVA-1.6 was trained: ``unfreeze_vision``), the vision tower gets
+two more groups at its own lr, after the projector's: LLaVA-VL/LLaVA-NeXT@df17966 llava/train/llava_trainer.py:599-630
+(its ``lr_mapper``; haotian-liu/LLaVA has no such option).
 
 Decayed: every trainable parameter except those inside a normalisation layer and those whose name contains "bias"
 (llava_trainer.py:163-164, the Trainer's rule in transformers 4.37.2, the version LLaVA pins: ``get_parameter_names``
@@ -32,15 +35,19 @@ from ..models.params import model_parts
 
 
 def parameter_groups(named_params, no_decay: set[str], projector: set[str], lr: float, weight_decay: float,
-                     mm_projector_lr: float | None = None) -> list[dict]:
-    """LLaVA's groups (see the module docstring) from ``(name, parameter)`` pairs, the names not to decay and the
-    projector's names; frozen parameters are left out, and so are empty groups."""
+                     mm_projector_lr: float | None = None, vision: set[str] = frozenset(),
+                     mm_vision_tower_lr: float | None = None) -> list[dict]:
+    """LLaVA's groups (see the module docstring) from ``(name, parameter)`` pairs, the names not to decay, and the
+    projector's and the vision tower's names; frozen parameters are left out, and so are empty groups."""
     trainable = [(n, p) for n, p in named_params if p.requires_grad]
-    split = projector if mm_projector_lr is not None else set()
+    own = [(names, own_lr) for names, own_lr in ((projector, mm_projector_lr), (vision, mm_vision_tower_lr))
+           if own_lr is not None]  # parts with an lr of their own, in LLaVA-NeXT's order
+    rest = set().union(*(names for names, _ in own))
     groups = []
-    for in_projector, group_lr in ((False, None), (True, mm_projector_lr)):
+    for names, group_lr in ((None, None), *own):
         for decayed in (True, False):
-            params = [p for n, p in trainable if (n in split) == in_projector and (n not in no_decay) == decayed]
+            params = [p for n, p in trainable if (n not in rest if names is None else n in names)
+                      and (n not in no_decay) == decayed]
             if params:
                 group = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
                 if group_lr is not None:
@@ -58,21 +65,22 @@ def no_decay_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
-def projector_names(model: torch.nn.Module) -> set[str]:
-    """Names (in ``model.named_parameters()``) of the projector's parameters, peft's copy included."""
+def part_names(model: torch.nn.Module, part: str) -> set[str]:
+    """Names (in ``model.named_parameters()``) of the parameters of one of LLaVA's parts (``models.params``:
+    "projector", "vision_tower", ...), peft's trainable copy of the projector included."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's PeftModel
-    projector = model_parts(base)["projector"]
-    if projector is None:
+    module = model_parts(base)[part]
+    if module is None:
         return set()
-    ids = {id(p) for p in projector.parameters()}
+    ids = {id(p) for p in module.parameters()}
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                   mm_projector_lr: float | None = None) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, mm_projector_lr: float | None = None,
+                   mm_vision_tower_lr: float | None = None) -> torch.optim.AdamW:
     """torch's AdamW over LLaVA's groups of ``model``'s trainable parameters (see the module docstring)."""
-    groups = parameter_groups(model.named_parameters(), no_decay_names(model), projector_names(model), lr,
-                              weight_decay, mm_projector_lr)
+    groups = parameter_groups(model.named_parameters(), no_decay_names(model), part_names(model, "projector"), lr,
+                              weight_decay, mm_projector_lr, part_names(model, "vision_tower"), mm_vision_tower_lr)
     return torch.optim.AdamW(groups, lr=lr)
 
 

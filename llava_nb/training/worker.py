@@ -93,7 +93,8 @@ def _run_worker(spec: TrainSpec) -> None:
     total = cfg.max_steps or len(loader) // (accelerator.num_processes * accum) * cfg.epochs
     if total < 1:
         raise LlavaNbError(f"{len(dataset)} samples give no full batch of {cfg.batch_size}; lower batch_size")
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.mm_projector_lr)  # LLaVA's groups (.optimizer)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.mm_projector_lr,  # LLaVA's groups (.optimizer)
+                               cfg.mm_vision_tower_lr)
     # The scheduler is stepped by hand once per optimizer step (not handed to prepare(), which would step it once
     # per process) and saved with the state through register_for_checkpointing.
     from transformers import get_cosine_schedule_with_warmup
