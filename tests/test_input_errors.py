@@ -12,6 +12,10 @@ from llava_nb.memory.estimate import MemoryConfigError, estimate_memory
     (lambda: estimate_memory(int(-7e9), "zero3", accounting="paper"), "parameter count must be positive"),
     (lambda: estimate_memory("llava-1.5-7b", "zero3", micro_bach=3), r"unknown option\(s\) \['micro_bach'\]"),
     (lambda: estimate_memory("llava-1.5-7b", "zero3").fits(80, headroom=-3), r"headroom in \[0, 1\)"),
+    (lambda: estimate_memory(float("nan"), "zero3", accounting="paper"), "parameter count must be a positive number"),
+    (lambda: estimate_memory("llava-1.5-7b", "zero3", micro_batch=0), "micro_batch must be a whole number >= 1, got 0"),
+    (lambda: estimate_memory("llava-1.5-7b", "zero3", gpus=0), "gpus must be a whole number >= 1, got 0"),
+    (lambda: estimate_memory("llava-1.5-7b", "zero3", seq_len=100), "seq_len=100 is shorter than the 576 image tokens"),
 ])
 def test_the_calculator_refuses_what_it_cannot_mean(call, says):
     with pytest.raises(MemoryConfigError, match=says):
@@ -63,3 +67,8 @@ def test_more_processes_than_gpus_is_refused_before_anything_starts(monkeypatch)
     check_gpus(1)
     with pytest.raises(LlavaNbError, match=r"num_processes=2 but this machine has 1 GPU\(s\).*CUDA_VISIBLE_DEVICES="):
         check_gpus(2)
+
+
+def test_a_parameter_count_may_be_written_as_a_float():
+    assert estimate_memory(7.5e9, "zero3", accounting="paper").peak_gib == \
+        estimate_memory(7_500_000_000, "zero3", accounting="paper").peak_gib

@@ -52,6 +52,7 @@ allocator fragments, and a run whose ``max_memory_allocated`` would be 76.2 GiB 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import LlavaNbError, UnknownMethodError
@@ -159,6 +160,10 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
         raise MemoryConfigError(f"unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
+    if isinstance(model, float) and not isinstance(model, bool):  # a count written as 7.5e9
+        if not (math.isfinite(model) and model >= 1):
+            raise MemoryConfigError(f"a parameter count must be a positive number, got {model!r}")
+        model = round(model)
     if isinstance(model, int) and model < 1:
         raise MemoryConfigError(f"a parameter count must be positive, got {model:,}")
     base = dict(method=chosen.name, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len,
