@@ -77,7 +77,7 @@ def verdicts(records: list[dict] | None = None, headroom: float = DEFAULT_HEADRO
     for r in load_reports() if records is None else records:
         row = {k: r[k] for k in ("id", "model", "method", "gpus", "gpu_memory_gib", "micro_batch", "seq_len",
                                  "outcome")}
-        row["stage"] = r.get("stage", 2)
+        row["stage"], row["miss"] = r.get("stage", 2), r.get("miss")  # miss: why the calculator disagrees
         if r.get("comparable", True) is False:
             rows.append({**row, "comparable": False, "reason": r["not_comparable"], "agree": None})
             continue
