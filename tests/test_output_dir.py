@@ -136,3 +136,17 @@ def test_a_result_its_launcher_never_completed_is_not_reported_done(data, tmp_pa
     (out / "result.json").write_text(json.dumps(result))
     again = train("tiny-llava-1.5", 1, output_dir=out, **data, **FAST)
     assert "cached" not in again and again["finished"] and "seconds_total" in again
+
+
+def test_a_checkpoint_from_before_a_setting_existed_still_resumes(tmp_path):
+    """A setting added to TrainConfig later is absent from an older checkpoint's run.json: at its default it matches."""
+    import json
+
+    from llava_nb.training.output_dir import check_resume_settings
+
+    checkpoint = tmp_path / "step_2"
+    checkpoint.mkdir()
+    (checkpoint / "run.json").write_text(json.dumps({"spec": {"stage": 1, "config": {"lr": 1e-3}}}))
+    check_resume_settings(checkpoint, {"stage": 1, "config": {"lr": 1e-3, "images_outside_folder": False}})
+    with pytest.raises(OutputDirError, match=r"images_outside_folder None -> True"):
+        check_resume_settings(checkpoint, {"stage": 1, "config": {"lr": 1e-3, "images_outside_folder": True}})

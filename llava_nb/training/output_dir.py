@@ -99,15 +99,22 @@ def check_resume_settings(checkpoint, fingerprint: dict) -> None:
     """Raise when the run that wrote ``checkpoint`` had other settings than this one (where it writes aside):
     the restored optimizer, scheduler and data position would not follow them. The one change allowed is explicit:
     ``resume_lr`` sets a new learning rate from the checkpoint on. Checkpoints written before the settings were
-    saved beside them are not checked."""
+    saved beside them are not checked, and a setting added since (absent from the checkpoint's) counts as equal
+    when this run leaves it at its default."""
+    import dataclasses
+
+    from .config import TrainConfig
+
     saved = _manifest(Path(checkpoint))
     if saved is None:
         return
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     differ = {k: (saved.get(k), fingerprint.get(k)) for k in set(saved) | set(fingerprint)
               if k not in ("output_dir", "config") and saved.get(k) != fingerprint.get(k)}
     old, new = saved.get("config", {}), fingerprint.get("config", {})
     differ.update({k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-                   if old.get(k) != new.get(k) and k != "resume_lr"})
+                   if old.get(k) != new.get(k) and k != "resume_lr"
+                   and not (k not in old and new.get(k) == defaults.get(k, object()))})
     if differ:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(differ.items())[:6])
         lr = (f"; to change the learning rate from here, keep lr={differ['lr'][0]!r} and add --set resume_lr="
