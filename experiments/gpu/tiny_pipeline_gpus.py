@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .common import GPU_DIR, NO_MULTICAST
 
+
 def add_arguments(p) -> None:
     p.add_argument("out", nargs="?", default=GPU_DIR / "tiny_pipeline_gpus.json",
                    help="JSON file the record is written to (default: data/gpu/tiny_pipeline_gpus.json)")

@@ -84,17 +84,20 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, mm_pr
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def change_lr(scheduler, fresh_base_lrs: list[float], lr: float, resume_lr: float) -> float:
+def change_lr(scheduler, fresh_base_lrs: list[float], lr: float, resume_lr: float) -> str | None:
     """Set a resumed run's learning rate: every group's base lr becomes its fresh one times ``resume_lr / lr`` (the
     projector's ``mm_projector_lr`` keeps its ratio to ``lr``), and the current lr follows the schedule from the
     restored step: ``lr_g(t) = base_g * lambda(t)``. ``fresh_base_lrs`` are the base lrs before the checkpoint was
-    loaded, so setting the same ``resume_lr`` twice changes nothing. Returns the factor applied to the checkpoint's
-    base lrs."""
+    loaded, so setting the same ``resume_lr`` twice changes nothing. Returns the line that logs the change (None
+    when the checkpoint already ran at that lr)."""
     new = [b * resume_lr / lr for b in fresh_base_lrs]
-    factor = new[0] / scheduler.base_lrs[0]
+    was, factor = scheduler.base_lrs[0], new[0] / scheduler.base_lrs[0]
     scheduler.base_lrs = new
     for group, base, schedule in zip(scheduler.optimizer.param_groups, new, scheduler.lr_lambdas):
         group["initial_lr"] = base
         group["lr"] = base * schedule(scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]  # what get_last_lr() reads
-    return factor
+    if factor == 1:
+        return None
+    return (f"learning rate changed on resume at step {scheduler.last_epoch}: peak lr {was:g} -> {new[0]:g} "
+            f"(every group x{factor:g}); the schedule continues")

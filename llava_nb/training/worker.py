@@ -20,7 +20,7 @@ import torch
 from ..errors import LlavaNbError
 from .config import TrainSpec
 from .loading import _model_config, default_template, load_for_training
-from .optimizer import make_optimizer
+from .optimizer import change_lr, make_optimizer
 
 
 #: in ``error-rank<N>.txt``, what separates the error (which train() reports) from its traceback (kept there)
@@ -112,8 +112,9 @@ def _run_worker(spec: TrainSpec) -> None:
         check_resume_folder(cfg.resume_from)  # again, as the folder is read: nothing in it may run code
         fresh = list(scheduler.base_lrs)
         accelerator.load_state(cfg.resume_from)
-        if cfg.resume_lr:
-            _change_lr(accelerator, scheduler, fresh, cfg, progress.step)
+        note = change_lr(scheduler, fresh, cfg.lr, cfg.resume_lr) if cfg.resume_lr else None
+        if note and accelerator.is_main_process:
+            print(note, flush=True)
     config = accelerator.unwrap_model(model).config
     states, measured = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
                                    Path(spec.output_dir))
@@ -266,16 +267,6 @@ def _clipping(accelerator, model, cfg) -> float:
     if _deepspeed(accelerator):
         return float(model.gradient_clipping())
     return float(cfg.max_grad_norm or 0.0)
-
-
-def _change_lr(accelerator, scheduler, fresh: list[float], cfg, step: int) -> None:
-    from .optimizer import change_lr
-
-    was = scheduler.base_lrs[0]
-    factor = change_lr(scheduler, fresh, cfg.lr, cfg.resume_lr)
-    if accelerator.is_main_process and factor != 1:
-        print(f"learning rate changed on resume at step {step}: peak lr {was:g} -> {scheduler.base_lrs[0]:g} "
-              f"(every group x{factor:g}); the schedule continues", flush=True)
 
 
 def _after_step(accelerator, scheduler, progress, loss, cfg, total: int, out: Path) -> None:
