@@ -185,13 +185,13 @@ def test_memory_gpu_skips_what_is_measured_and_runs_the_rest(tmp_path, monkeypat
     monkeypatch.setattr(subprocess, "run", run)
     out = tmp_path / "memory_gpu.jsonl"
     args = build_parser().parse_args(["--work", str(tmp_path / "work"), "memory_gpu", "--gpus", "1", "--methods",
-                                      "lora,qlora", "--out", str(out), "--no-grad-checkpointing"])
+                                      "lora,ddp", "--out", str(out), "--no-grad-checkpointing"])
     args.work = Path(args.work)
     args.run(args)
     assert "skip lora on 1 GPUs: already measured" in capsys.readouterr().out
-    [cmd] = commands  # qlora was measured with checkpointing only
-    assert cmd[cmd.index("--method") + 1] == "qlora" and cmd[-3:] == ["--cap-gib", "79.18", "--no-grad-checkpointing"]
-    assert cmd[cmd.index("--out") + 1] == str(out) and "===== qlora gpus=1 rc=0" in out.with_suffix(".log").read_text()
+    [cmd] = commands  # full fine-tuning with torch DDP was never measured on one GPU
+    assert cmd[cmd.index("--method") + 1] == "ddp" and cmd[-3:] == ["--cap-gib", "79.18", "--no-grad-checkpointing"]
+    assert cmd[cmd.index("--out") + 1] == str(out) and "===== ddp gpus=1 rc=0" in out.with_suffix(".log").read_text()
     assert cmd[cmd.index("--checkpoint-dir") + 1] == str(tmp_path / "work" / "llava-1.5-7b-random")
 
 

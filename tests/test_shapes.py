@@ -49,7 +49,9 @@ def _shapes_from_module(model, lora_r: int = 128) -> dict:
         "adapter": count_parameters(model, "lora", lora_r=lora_r)["adapter"],
         "largest_layer": max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
         "layers": text.num_hidden_layers, "hidden": text.hidden_size, "intermediate": text.intermediate_size,
-        "heads": text.num_attention_heads, "vocab": text.vocab_size, "lora_r": lora_r, "sizes": sizes,
+        "heads": text.num_attention_heads, "kv_heads": text.num_key_value_heads,
+        "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+        "vocab": text.vocab_size, "lora_r": lora_r, "sizes": sizes,
         "persistent_small": sum(math.prod(s) for _, s in sizes if math.prod(s) < 10 * text.hidden_size),
         "parts": tuple(_part_of(name) for name, _ in model.named_parameters()),
         "adapter_sizes": tuple(shape for m in lm.modules() if type(m).__name__ == "Linear"

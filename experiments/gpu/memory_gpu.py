@@ -1,7 +1,7 @@
 """The 7B's memory per method on 1, 2 and 4 GPUs (data/measurements/memory_gpu.jsonl).
 
 Measures the full-size llava-1.5-7b architecture (random weights) on GPUs. One call per GPU count, resumable: a
-(method, gpus, gradient checkpointing) already in ``data/measurements/memory_gpu.jsonl`` (or in ``--out``) is
+(model, method, gpus, gradient checkpointing) already in ``data/measurements/memory_gpu.jsonl`` (or in ``--out``) is
 skipped, so the work can span several sittings on the lent machines. New records are appended to ``--out`` (copy
 them into ``memory_gpu.jsonl`` and commit), each run's full output to ``--out`` with the suffix ``.log``::
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from .common import ENV, MEASUREMENTS_DIR, done
 
 DONE = MEASUREMENTS_DIR / "memory_gpu.jsonl"
-KEY = ("method", "gpus", "grad_checkpointing")  # what makes a record done here
+KEY = ("model", "method", "gpus", "grad_checkpointing")  # what makes a record done here
 MODEL = "llava-1.5-7b"
 POINTS = "1x1024,2x2048,8x2048"  # (micro_batch, seq_len); the 576 image tokens count inside seq_len
 H100_USABLE_GIB = 79.18
@@ -60,7 +60,7 @@ def main(a) -> None:
     env = {**os.environ, **ENV}
     skip = done(DONE, Path(a.out), key=KEY)
     for method in a.methods.split(","):
-        if (method, a.gpus, not a.no_grad_checkpointing) in skip:
+        if (MODEL, method, a.gpus, not a.no_grad_checkpointing) in skip:
             print(f"skip {method} on {a.gpus} GPUs: already measured", flush=True)
             continue
         start = time.perf_counter()

@@ -33,16 +33,16 @@ Three ways of counting (``accounting``):
   engine's own dtypes apply to the base and the adapters alike (``zero3+lora``, ``fsdp+lora``).
 
   DDP replicas (``ddp``, ``lora``, ``qlora`` on several GPUs) keep every trained gradient in their buckets between
-  steps. QLoRA's activations are counted twice LoRA's: ``prepare_model_for_kbit_training`` casts the embeddings to
-  fp32, so the residual stream (and the checkpointed block inputs) are fp32.
+  steps. QLoRA's residual stream is fp32 (``prepare_model_for_kbit_training`` casts the embeddings), so its
+  checkpointed block inputs are 4 bytes a value.
 
   AdamW's temporary is ``torch._foreach_sqrt(exp_avg_sq)``: torch's AdamW (foreach) allocates one tensor the size of
   the parameters it updates. During backward the peak is the larger of the loss phase (the checkpointed block
   inputs, ``L * tokens * h`` values, plus the logits: bf16 logits, their fp32 log-softmax and two fp32 gradients,
   14 bytes per token per vocabulary entry) and the end of backward (the gradients the method keeps there plus one
-  block's recomputed activations). Without checkpointing every block keeps its activations: for a Llama block with
-  bf16 compute and flash attention, ``26 h + 8 i`` bytes per token for full fine-tuning and ``46 h + 11 i + 28 r``
-  for LoRA (frozen Linears save no inputs; peft's fp32 adapters save a dropout mask and an fp32 copy of each input).
+  block's recomputed activations). Without checkpointing every block keeps its activations, term by term from the
+  architecture (``activations.py``: for a Llama block with bf16 compute and sdpa, ``24 h + 8 i + 4 a + 8`` bytes per
+  token for full fine-tuning; the option ``attention="eager"`` adds the ``6 a s`` of the softmax).
 
 ``peak`` is ``steady`` plus the transient parts of the costlier phase, so the breakdown always adds up. A setting
 *fits* a card when ``peak`` stays below the card's usable memory minus ``headroom`` (default 5%): PyTorch's caching
@@ -135,7 +135,7 @@ def _image_tokens(model, image_size) -> int:
 
 #: the ``options`` estimate_memory understands (its docstring)
 OPTIONS = {"reduce_bucket_size", "sub_group_size", "stage3_param_persistence_threshold", "lora_r", "nodes", "rank",
-           "fp32_grads"}
+           "fp32_grads", "attention"}
 
 
 def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq_len: int = 2048,
@@ -188,7 +188,8 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     if accounting == "deepspeed":
         gpu, cpu = deepspeed_terms(shapes.total, shapes.largest_layer, chosen.engine.name, gpus, options.get("nodes", 1))
         return _finish(shapes.name, gpu, {}, cpu, n_img, base)
-    persistent, phases, cpu = measured_terms(shapes, chosen, gpus, micro_batch * seq_len, grad_checkpointing, options)
+    persistent, phases, cpu = measured_terms(shapes, chosen, gpus, micro_batch * seq_len, grad_checkpointing, options,
+                                             seq_len)
     base.update(trainable=trainable_count(shapes, chosen), states=chosen.states("bf16").as_dict())
     return _finish(shapes.name, persistent, phases, cpu, n_img, base)
 

@@ -13,6 +13,7 @@ import math
 from ..errors import UnknownMethodError
 from ..methods.counts import sized_numel
 from ..methods.registry import DTYPE_BYTES
+from .activations import Block, block_constant, block_terms, checkpointed_bytes, compute_of
 from .shapes import Shapes, method_sizes
 
 PAPER_K = 12
@@ -101,22 +102,23 @@ def deepspeed_terms(total_params: int, largest_layer_params: int, method: str, g
 
 # ---------------------------------------------------------------- the measured recipes
 
-def activation_bytes_per_token(shapes: Shapes, method, grad_checkpointing: bool) -> dict:
-    """Bytes per token kept for backward: ``blocks`` (all blocks), ``one_block`` (one block recomputed),
-    ``logits`` (the loss phase: 14 V, or 16 V for QLoRA's fp32 stream).
-
-    A block keeps ``26 h + 8 i`` bytes (full fine-tuning) or ``46 h + 11 i + 28 r`` (LoRA), twice that for QLoRA.
-    With checkpointing only each block's input stays, ``L * width * h`` (width 2, or 4 for QLoRA's fp32 stream)."""
-    h, i, r, L = shapes.hidden, shapes.intermediate, shapes.lora_r, shapes.layers
-    quantized = method.adapter.quantized
-    per_block = 46 * h + 11 * i + 28 * r if method.adapter.name != "none" else 26 * h + 8 * i
-    width = 4 if quantized else 2  # prepare_model_for_kbit_training makes the residual stream fp32
-    if quantized:
-        per_block *= 2
-    logits = (16 if quantized else 14) * shapes.vocab
-    if grad_checkpointing:
-        return {"blocks": L * width * h, "one_block": per_block, "logits": logits}
-    return {"blocks": L * per_block, "one_block": 0, "logits": logits}
+def activation_bytes_per_token(shapes: Shapes, method, grad_checkpointing: bool, attention: str = "sdpa",
+                               seq_len: int = 0) -> dict:
+    """What the forward keeps for backward (``activations.py``, from the architecture): ``blocks`` (bytes per token,
+    all L blocks: every saved tensor, or with checkpointing each block's input), ``one_block`` (one block
+    recomputed in backward; 0 without checkpointing), ``logits`` (the loss phase: 14 V, or 16 V for QLoRA's fp32
+    stream) and the per-token-free bytes ``blocks_fixed`` / ``one_block_fixed`` (autocast's bf16 weight copies)."""
+    block = Block(shapes.hidden, shapes.intermediate, shapes.heads, shapes.kv_heads, shapes.head_dim)
+    compute = compute_of(method)
+    per_block = sum(block_terms(block, compute, attention, seq_len, shapes.lora_r).values())
+    fixed = block_constant(block, compute, shapes.lora_r, attention)
+    L = shapes.layers
+    logits = (16 if method.adapter.quantized else 14) * shapes.vocab
+    if grad_checkpointing:  # autocast's weight cache lives until the forward ends, checkpointed or not
+        return {"blocks": L * checkpointed_bytes(block, compute), "one_block": per_block, "logits": logits,
+                "blocks_fixed": L * fixed, "one_block_fixed": fixed}
+    return {"blocks": L * per_block, "one_block": 0, "logits": logits, "blocks_fixed": L * fixed,
+            "one_block_fixed": 0}
 
 
 def _zero12_terms(sizes, stage: int, gpus: int, one_block: int, bucket: int) -> tuple:
@@ -191,12 +193,14 @@ def _ddp_terms(shapes: Shapes, sizes, method, gpus: int, one_block: int) -> tupl
 
 
 def measured_terms(shapes: Shapes, method, gpus: int, tokens: int, grad_checkpointing: bool,
-                   options: dict) -> tuple:
+                   options: dict, seq_len: int = 0) -> tuple:
     """(persistent, phases, cpu bytes) of ``method`` (a ``methods.registry.Method``) as ``train()`` sets it up;
     phases map a name ("loss", "end of backward", "optimizer step") to its transient components. ``tokens`` =
     micro-batch x sequence length. The parameters held, and which of them train, are ``method_sizes``."""
-    act = activation_bytes_per_token(shapes, method, grad_checkpointing)
-    blocks, one_block, logits = (act["blocks"] * tokens, act["one_block"] * tokens, act["logits"] * tokens)
+    act = activation_bytes_per_token(shapes, method, grad_checkpointing, options.get("attention", "sdpa"), seq_len)
+    blocks = act["blocks"] * tokens + act["blocks_fixed"]
+    one_block = act["one_block"] * tokens + act["one_block_fixed"]
+    logits = act["logits"] * tokens
     sizes = method_sizes(shapes, method)
     engine, cpu = method.engine, 0
     if engine.kind == "deepspeed" and engine.zero_stage == 3:

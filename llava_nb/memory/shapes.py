@@ -39,6 +39,8 @@ class Shapes:
     hidden: int
     intermediate: int
     heads: int
+    kv_heads: int
+    head_dim: int
     vocab: int
     lora_r: int
     sizes: tuple            # every parameter's shape, for padding and sharding (trainable flag, shape)
@@ -66,7 +68,7 @@ def shapes_of(numbers: Numbers, lora_r: int = 128) -> Shapes:
         by_part[o.part] = by_part.get(o.part, 0) + o.numel
     lm_linears = [o for o in owners if o.part == "language_model" and o.kind == "linear"]
     sizes = tuple((o.part != "vision_tower", shape) for o in owners for _, shape in o.params)
-    h, i, layers, heads, _, _, vocab = numbers.llm
+    h, i, layers, heads, kv_heads, head_dim, vocab = numbers.llm
     total = sum(by_part.values())
     return Shapes(
         name=numbers.name, total=total, vision=by_part["vision_tower"], trainable=total - by_part["vision_tower"],
@@ -75,7 +77,7 @@ def shapes_of(numbers: Numbers, lora_r: int = 128) -> Shapes:
         llm_linear=sum(math.prod(o.params[0][1]) for o in lm_linears),
         adapter=sum(lora_r * (o.params[0][1][0] + o.params[0][1][1]) for o in lm_linears),
         largest_layer=max(o.numel for o in owners), layers=layers, hidden=h, intermediate=i, heads=heads,
-        vocab=vocab, lora_r=lora_r, sizes=sizes,
+        kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, lora_r=lora_r, sizes=sizes,
         persistent_small=sum(math.prod(s) for _, s in sizes if math.prod(s) < 10 * h),
         parts=tuple(o.part for o in owners for _ in o.params),
         adapter_sizes=tuple(shape for o in lm_linears for shape in ((lora_r, o.params[0][1][1]),
