@@ -101,7 +101,7 @@ class Run:
 
         self.method, self.device = get_method(method), device
         self.world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        config = get_config(model_name)
+        config = get_config(model_name) if isinstance(model_name, str) else model_name  # a name, or a config
         self.config = config
         torch.manual_seed(seed)
         engine = self.method.engine
