@@ -16,7 +16,7 @@ LAYERS = ["_compat", "_lazy", "errors", "paths", "models", "methods", "memory", 
 PURE = ["models/specs.py", "models/layout.py", "models/image_tokens.py", "models/params.py", "methods/registry.py",
         "methods/counts.py", "methods/deepspeed.py", "memory/shapes.py", "memory/formulas.py", "memory/estimate.py",
         "data/convert.py", "models/checkpoint_check.py", "data/lengths.py", "models/flops.py", "training/plan.py",
-        "memory/reports.py", "memory/activations.py"]
+        "memory/reports.py", "memory/activations.py", "memory/host.py"]
 
 
 def _imports(path: Path, top_level: bool = False) -> list[str]:

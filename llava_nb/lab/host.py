@@ -38,6 +38,15 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _pinned() -> dict:
+    """PyTorch's caching host allocator (pinned memory): bytes it has allocated and reserved (GPUs only)."""
+    if not torch.cuda.is_available() or not hasattr(torch.cuda, "host_memory_stats"):
+        return {}
+    stats = torch.cuda.host_memory_stats()
+    return {k: v for k, v in stats.items() if k.startswith(("allocated_bytes.current", "reserved_bytes.current",
+                                                             "allocation.current", "segment.current"))}
+
+
 def _baseline(device: str) -> int:
     """RSS once torch, transformers and (on a GPU) the CUDA context are up: what every training process pays."""
     import transformers  # noqa: F401
@@ -75,7 +84,15 @@ def measure_offload(model: str, layers: int, micro_batch: int, seq_len: int, ste
     run = Run(config, "zero3-offload", device, micro_batch=micro_batch)
     setup = rss()
     batch = synthetic_batch(config, micro_batch, seq_len, device, torch.bfloat16)
-    losses = [run.step(batch) for _ in range(steps)]
+    losses, phases = [], []
+    for _ in range(steps):  # Run.step, phase by phase: the RSS and the pinned (page-locked) bytes after each
+        loss = run.engine(**batch).loss
+        phases.append(("forward", rss(), _pinned()))
+        run.engine.backward(loss)
+        phases.append(("backward", rss(), _pinned()))
+        run.engine.step()
+        phases.append(("step", rss(), _pinned()))
+        losses.append(loss.item())
     from ..memory.host import offload_host_terms
     from ..memory.shapes import method_sizes, model_shapes
     from ..methods.registry import get_method
@@ -83,7 +100,8 @@ def measure_offload(model: str, layers: int, micro_batch: int, seq_len: int, ste
     est = estimate_memory(config, "zero3-offload", micro_batch=micro_batch, seq_len=seq_len)
     terms = offload_host_terms(method_sizes(model_shapes(config), get_method("zero3-offload")), 1)
     return {"kind": "offload", "model": model, "layers": layers, "micro_batch": micro_batch, "seq_len": seq_len,
-            "baseline": base, "after_setup": setup, "after": rss(), "peak": peak_rss(), "losses": losses,
+            "baseline": base, "after_setup": setup, "pinned_after_setup": _pinned(), "phases": phases, "after": rss(),
+            "peak": peak_rss(), "losses": losses,
             "predicted": terms, "calculator_cpu_bytes": est.cpu_gib * 2**30}
 
 

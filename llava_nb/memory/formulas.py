@@ -14,6 +14,7 @@ from ..errors import UnknownMethodError
 from ..methods.counts import sized_numel
 from ..methods.registry import DTYPE_BYTES
 from .activations import Block, block_constant, block_terms, checkpointed_bytes, compute_of
+from .host import offload_host_terms
 from .shapes import Shapes, method_sizes
 
 PAPER_K = 12
@@ -145,12 +146,10 @@ def _zero3_terms(shapes: Shapes, sizes, offload: bool, gpus: int, one_block: int
     sub = min(int(options.get("sub_group_size", 1e9)), part)
     layer = 2 * shapes.largest_layer  # bf16 gathered: the largest module (embeddings / lm_head)
     if offload:
-        from .host import offload_host_terms
-
         persistent = {"weights": 2 * small, "comm_buffers": 2 * 2 * bucket}
         end = {"gradients": 2 * bucket, "gathered_params": 2 * layer, "activations": one_block}
         step = {"gathered_params": 0}
-        host = offload_host_terms(sizes, gpus, int(options.get("sub_group_size", 1e9)))
+        host = offload_host_terms(sizes, gpus, int(options.get("sub_group_size", 1e9)), threshold)
         return persistent, end, step, sum(host.values())
     persistent = {"weights": weights + 2 * small, "master_weights": 4 * part, "optimizer_states": 8 * part,
                   "gradient_buffer": 2 * part, "comm_buffers": 2 * 2 * bucket}

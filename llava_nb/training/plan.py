@@ -7,13 +7,12 @@ decides, so ``python -m llava_nb plan`` answers at once and a plan that cannot f
 The micro-batch is the largest one that fits (peak below the card's memory less the headroom) and divides the
 global batch over the GPUs; the accumulation makes up the rest.
 
-Offloading methods also need host memory (``MemoryEstimate.cpu_gib``: the CPU copies of the weights, the fp32 master
-weights, gradients and AdamW states of every rank on the machine). Given the machine's memory, the plan refuses one
-whose host part would not fit with ``HOST_HEADROOM`` kept free. That margin comes from a run, not from a formula: on
-a 1xH200 machine with 125 GiB of RAM, ``zero3-offload`` of llava-1.5-7b, predicted to need 117.6 GiB (under 5%
-headroom's 118.75 GiB), was killed by the kernel's out-of-memory killer (``data/gpu/train_full.jsonl``): the
-calculator's host terms leave out the process itself (CUDA and library code, the data, the checkpoint as loaded
-before DeepSpeed partitions it), which is at least 6% more there.
+Offloading methods also need host memory (``MemoryEstimate.cpu_gib``: ``memory.host``'s terms, every rank's pinned
+partitions and flat buffers, fp32 master weights, gradients and AdamW states on the machine). Given the machine's
+memory, the plan refuses one whose host part would not fit with ``HOST_HEADROOM`` kept free for the processes
+themselves (about 0.9 GB each: Python, torch, the CUDA context, measured in ``data/gpu/host_gpu.jsonl``) and their
+data. On a 1xH200 machine with 125 GiB of RAM, ``zero3-offload`` of llava-1.5-7b was killed by the kernel's
+out-of-memory killer (``data/gpu/train_full.jsonl``); its host terms come to 160 GiB.
 """
 
 from __future__ import annotations
