@@ -87,3 +87,19 @@ def test_eager_attention_grows_with_the_sequence_and_sdpa_does_not():
     assert per_token[("sdpa", 4096)] == pytest.approx(per_token[("sdpa", 1024)])
     # eager adds 6 a s bytes per token per block: the fp32 softmax and its bf16 copy
     assert per_token[("eager", 4096)] - per_token[("eager", 1024)] == pytest.approx(32 * 6 * 32 * 3072)
+
+
+@pytest.mark.parametrize("method", ["ddp", "lora"])
+def test_training_forwards_keep_no_kv_cache(method):
+    """As LLaVA's train.py:842: without it a forward without checkpointing builds a cache whose fp32 keys (DDP's
+    autocast) or keys and values (QLoRA) are not the tensors attention saves: 4 g e or 8 g e bytes a token per block
+    on the H200 (data/gpu/activations_gpu.jsonl, measured before the cache was turned off)."""
+    import torch
+
+    from llava_nb.lab.activations import _build
+    from llava_nb.lab.harness import synthetic_batch
+
+    model = _build(get_config("tiny-llava-1.5"), get_method(method), torch.device("cpu"), False, "sdpa", 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # torch DDP's bf16 autocast, as train() runs these
+        out = model(**synthetic_batch(model.config, 1, 100, "cpu"))
+    assert out.past_key_values is None

@@ -63,6 +63,7 @@ def setup_model(model: nn.Module, method: Method | str, options: SetupOptions | 
     states = method.states(opt.mixed_precision)
     if opt.attn_implementation:  # "eager", "sdpa", ...: for the ViT and the LLM alike
         model.set_attn_implementation(opt.attn_implementation)
+    _no_kv_cache(model)
     if method.adapter.name == "none":
         freeze_for_stage(model, f"stage{method.stage}")
         if opt.unfreeze_vision:  # what LLaVA-NeXT's recipes do; also the DDP unused-parameter trap
@@ -74,6 +75,16 @@ def setup_model(model: nn.Module, method: Method | str, options: SetupOptions | 
         model = _add_adapters(model, method, opt, states)
     model.train()
     return model
+
+
+def _no_kv_cache(model: nn.Module) -> None:
+    """No KV cache while training, as LLaVA's train.py:842 sets ``model.config.use_cache = False``. Checkpointing
+    turns it off anyway; without checkpointing transformers would build one in every training forward, and where
+    the cached keys and values are not the tensors attention saves (fp32 under QLoRA and DDP's autocast) it costs
+    up to 8 g e bytes a token per block (``memory/activations.py``)."""
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        if config is not None:
+            config.use_cache = False
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
