@@ -24,8 +24,9 @@ def block_of(config) -> Block:
                  getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads)
 
 
-def predicted(config, method: str, attention: str, micro_batch: int, seq_len: int, device: str) -> int:
-    compute = compute_of(get_method(method), device)
+def predicted(config, method: str, attention: str, micro_batch: int, seq_len: int, device: str,
+              deepspeed_linear: bool = False) -> int:
+    compute = compute_of(get_method(method), device, deepspeed_linear)
     block = block_of(config)
     per_token = sum(block_terms(block, compute, attention, seq_len, lora_r=128).values())
     return per_token * micro_batch * seq_len + block_constant(block, compute, 128, attention)
@@ -49,16 +50,33 @@ def test_block_terms_equal_what_autograd_saves(which, method, attention):
         pytest.importorskip("bitsandbytes")
     config = get_config("tiny-llava-1.5") if which == "llama" else gqa_config()
     got = block_and_rest(config, method, 2, 100, attention=attention)["saved"]["block"]
-    assert got == predicted(config, method, attention, 2, 100, "cpu")
+    assert got == predicted(config, method, attention, 2, 100, "cpu", deepspeed_linear=False)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("method", ["zero3", "zero3+lora"])
+def test_deepspeeds_linear_keeps_frozen_inputs(method, attention):
+    """Under ZeRO-3, DeepSpeed's Linear saves its input even for a frozen weight: zero3+lora keeps full fine-tuning's
+    linear inputs, zero3 is unchanged."""
+    pytest.importorskip("deepspeed")
+    from llava_nb.lab.activations import block_and_rest
+
+    config = gqa_config()
+    got = block_and_rest(config, method, 2, 100, attention=attention, deepspeed_linear=True)["saved"]["block"]
+    assert got == predicted(config, method, attention, 2, 100, "cpu", deepspeed_linear=True)
+    if method == "zero3+lora":
+        assert got > predicted(config, method, attention, 2, 100, "cpu", deepspeed_linear=False)
 
 
 def test_gpu_walks_equal_the_terms():
-    """Every forward walked on the H200 (7B and Mistral blocks, five methods, two kernels): byte for byte."""
+    """Every forward walked on the H200 (7B and Mistral blocks, five methods, two kernels; the harness runs torch's
+    own Linear, not DeepSpeed's): byte for byte."""
     records = [json.loads(line) for line in GPU_RECORDS.read_text().splitlines()]
     walked = [r for r in records if r.get("saved")]
     assert len(walked) >= 30
     for r in walked:
-        want = predicted(get_config(r["model"]), r["method"], r["attention"], r["micro_batch"], r["seq_len"], "cuda")
+        want = predicted(get_config(r["model"]), r["method"], r["attention"], r["micro_batch"], r["seq_len"], "cuda",
+                         deepspeed_linear=False)
         assert r["saved"]["block"] == want, r
 
 

@@ -37,10 +37,10 @@ def saved_tensor_bytes(output: torch.Tensor, exclude: set[int] | None = None) ->
         if node is None or node in seen_nodes:
             continue
         seen_nodes.add(node)
-        for attr in dir(node):
-            if not attr.startswith("_saved_"):
-                continue
-            value = getattr(node, attr)
+        values = [getattr(node, attr) for attr in dir(node) if attr.startswith("_saved_")]
+        if hasattr(node, "saved_tensors"):  # a Python autograd.Function's ctx.save_for_backward
+            values.append(node.saved_tensors)
+        for value in values:
             for t in value if isinstance(value, (tuple, list)) else (value,):
                 if not isinstance(t, torch.Tensor):
                     continue
@@ -78,10 +78,13 @@ def _build(config, method, device, gradient_checkpointing: bool, attention: str,
 
 
 def forward_bytes(config, method: str, micro_batch: int, seq_len: int, device="cpu", attention: str = "sdpa",
-                  gradient_checkpointing: bool = False, image_size=None, seed: int = 0, walk: bool = True) -> dict:
+                  gradient_checkpointing: bool = False, image_size=None, seed: int = 0, walk: bool = True,
+                  deepspeed_linear: bool = False) -> dict:
     """One training-mode forward of ``config`` set up for ``method``: ``saved`` (the saved tensors' bytes, when
     ``walk`` and checkpointing is off), ``saved_by_node``, ``allocated`` (the allocator's growth; GPUs only) and
-    ``logits`` (the returned logits' bytes, alive in ``allocated`` but saved by no node)."""
+    ``logits`` (the returned logits' bytes, alive in ``allocated`` but saved by no node). ``deepspeed_linear`` runs
+    it with ``torch.nn.functional.linear`` replaced as ``deepspeed.initialize`` replaces it under ZeRO-3 (the model
+    itself is not wrapped)."""
     method = get_method(method)
     device = torch.device(device)
     model = _build(config, method, device, gradient_checkpointing, attention, seed)
@@ -93,8 +96,16 @@ def forward_bytes(config, method: str, micro_batch: int, seq_len: int, device="c
     if cuda:
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=method.engine.kind == "ddp"):
-        out = model(**batch)
+    linear = torch.nn.functional.linear
+    if deepspeed_linear:
+        from deepspeed.runtime.zero.linear import zero3_linear_wrap
+
+        torch.nn.functional.linear = zero3_linear_wrap
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=method.engine.kind == "ddp"):
+            out = model(**batch)
+    finally:
+        torch.nn.functional.linear = linear
     record = {"logits": out.logits.untyped_storage().nbytes()}
     if cuda:
         torch.cuda.synchronize(device)

@@ -27,6 +27,11 @@ trained fp32 weight (2 bytes a parameter, per block, not per token); QLoRA's str
 (``prepare_model_for_kbit_training`` casts the embeddings) and bitsandbytes returns a 4-bit Linear's output in its
 input's dtype, so the MLP's three saved tensors are fp32 (3 x 4i).
 
+Except under DeepSpeed ZeRO-3: ``deepspeed.initialize`` replaces ``torch.nn.functional.linear`` for the whole
+process with ``LinearFunctionForZeroStage3``, which saves input, weight and bias whether or not they need a gradient
+(``deepspeed/runtime/zero/linear.py:80-105``; ``partition_parameters.py:412-419``: "This will persist unless manually
+reset"), so ``zero3+lora``'s frozen Linears keep their inputs as full fine-tuning's do.
+
 With gradient checkpointing a block keeps only its input (``stream`` h bytes a token) until backward recomputes it.
 
 ``tests/test_activations.py`` checks every term against autograd itself (the saved tensors of a real block, walked
@@ -70,18 +75,22 @@ class Compute:
     lora: bool
     mask: int = 1        # bytes of a dropout-mask element: a bool on GPUs; on a CPU the dropped input's dtype
     device: str = "cuda"
+    frozen_linear_inputs: bool = False  # DeepSpeed ZeRO-3's Linear saves its input even when its weight is frozen
 
 
-def compute_of(method, device: str = "cuda") -> Compute:
+def compute_of(method, device: str = "cuda", deepspeed_linear: bool | None = None) -> Compute:
     """``Compute`` of a ``methods.registry.Method`` as ``train()`` sets it up (``Method.states``): DeepSpeed and FSDP
-    compute with bf16 weights; torch DDP (``ddp``, ``lora``, ``qlora``) under bf16 autocast."""
+    compute with bf16 weights; torch DDP (``ddp``, ``lora``, ``qlora``) under bf16 autocast. ``deepspeed_linear``
+    (default: the engine is ZeRO-3) says whether DeepSpeed's Linear replaces torch's."""
+    if deepspeed_linear is None:
+        deepspeed_linear = method.engine.kind == "deepspeed" and method.engine.zero_stage == 3
     autocast = method.engine.kind == "ddp"
     lora = method.adapter.name != "none"
     quantized = method.adapter.quantized
     stream = 4 if quantized or (autocast and not lora) else 2
     mask = 1 if device == "cuda" else (4 if autocast else 2)  # CPU dropout keeps its noise in the input's dtype
     return Compute(stream=stream, mlp=4 if quantized else 2, autocast=autocast, base_trains=not lora, lora=lora,
-                   mask=mask, device=device)
+                   mask=mask, device=device, frozen_linear_inputs=deepspeed_linear)
 
 
 def block_terms(block: Block, compute: Compute, attention: str = "sdpa", seq_len: int = 0,
@@ -92,14 +101,15 @@ def block_terms(block: Block, compute: Compute, attention: str = "sdpa", seq_len
     q, kv = a * e, block.kv_heads * e
     c = compute
     terms = {"norms": 2 * (4 * h + 4) + (2 * c.stream * h if c.base_trains else 0)}
-    if c.base_trains:
+    inputs_saved = c.base_trains or c.frozen_linear_inputs
+    if inputs_saved:
         # autocast casts an fp32 stream to bf16 once per consuming Linear (q, k, v; gate, up); bf16 is shared
         per_consumer = c.autocast and c.stream == 4
         terms["linear inputs"] = 2 * h * (5 if per_consumer else 2) + 2 * i
     if attention == "sdpa":
         terms["attention"] = 2 * q + 4 * kv + 2 * q + 4 * a
     elif attention == "eager":
-        terms["attention"] = 2 * q + 4 * q + 6 * a * seq_len + (2 * q if c.base_trains else 0)
+        terms["attention"] = 2 * q + 4 * q + 6 * a * seq_len + (2 * q if inputs_saved else 0)
     else:
         raise ValueError(f"attention must be 'sdpa' or 'eager', got {attention!r}")
     terms["mlp"] = 3 * c.mlp * i
