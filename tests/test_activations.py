@@ -121,3 +121,10 @@ def test_training_forwards_keep_no_kv_cache(method):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # torch DDP's bf16 autocast, as train() runs these
         out = model(**synthetic_batch(model.config, 1, 100, "cpu"))
     assert out.past_key_values is None
+
+
+def test_an_unknown_attention_kernel_is_a_one_line_error():
+    from llava_nb.memory.estimate import MemoryConfigError
+
+    with pytest.raises(MemoryConfigError, match="attention='flash2' is not a kernel"):
+        estimate_memory("llava-1.5-7b", "lora", attention="flash2")

@@ -41,8 +41,9 @@ Three ways of counting (``accounting``):
   inputs, ``L * tokens * h`` values, plus the logits: bf16 logits, their fp32 log-softmax and two fp32 gradients,
   14 bytes per token per vocabulary entry) and the end of backward (the gradients the method keeps there plus one
   block's recomputed activations). Without checkpointing every block keeps its activations, term by term from the
-  architecture (``activations.py``: for a Llama block with bf16 compute and sdpa, ``24 h + 8 i + 4 a + 8`` bytes per
-  token for full fine-tuning; the option ``attention="eager"`` adds the ``6 a s`` of the softmax).
+  architecture (``activations.py``: for a Llama block with bf16 compute, sdpa and as many KV heads as heads,
+  ``24 h + 8 i + 4 a + 8`` bytes per token for full fine-tuning; the option ``attention="eager"`` adds the ``6 a s``
+  of the softmax; under ZeRO-3 DeepSpeed's own Linear keeps the inputs of frozen Linears too).
 
 ``peak`` is ``steady`` plus the transient parts of the costlier phase, so the breakdown always adds up. A setting
 *fits* a card when ``peak`` stays below the card's usable memory minus ``headroom`` (default 5%): PyTorch's caching
@@ -147,7 +148,8 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     ``model`` is a name, alias or transformers config (or, with ``accounting="paper"``, a bare parameter count).
     ``seq_len`` counts the image tokens (576 for LLaVA-1.5; for v1.6 they follow ``image_size=(h, w)``).
     ``options`` change the recipe: ``reduce_bucket_size``, ``sub_group_size``,
-    ``stage3_param_persistence_threshold`` (DeepSpeed), ``lora_r``, ``nodes`` (for ``accounting="deepspeed"``),
+    ``stage3_param_persistence_threshold`` (DeepSpeed), ``lora_r``, ``attention`` ("sdpa", the default, or "eager":
+    the LLM's attention kernel), ``nodes`` (for ``accounting="deepspeed"``),
     ``rank`` (FSDP's shards differ by rank when a dimension does not divide; default 0, the busiest).
     """
     if accounting not in ACCOUNTINGS:
@@ -160,6 +162,9 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
         raise MemoryConfigError(f"unknown option(s) {unknown}; known: {sorted(OPTIONS)}")
+    if options.get("attention", "sdpa") not in ("sdpa", "eager"):
+        raise MemoryConfigError(f"attention={options['attention']!r} is not a kernel the calculator counts; use "
+                                f"'sdpa' (flash/cuDNN) or 'eager'")
     if isinstance(model, float) and not isinstance(model, bool):  # a count written as 7.5e9
         if not (math.isfinite(model) and model >= 1):
             raise MemoryConfigError(f"a parameter count must be a positive number, got {model!r}")

@@ -176,7 +176,7 @@ def _plan(model: str, method, cfg: TrainConfig, processes: int):
     plan = make_plan(_model_config(model), method.name, gpus=processes, gpu_memory_gib=memory,
                      global_batch=cfg.batch_size, seq_len=cfg.max_length,
                      grad_checkpointing=cfg.gradient_checkpointing, micro_batch=cfg.micro_batch,
-                     host_memory_gib=host_memory_gib())
+                     host_memory_gib=host_memory_gib(), attention=cfg.attn_implementation or "sdpa")
     print(plan.summary(), flush=True)
     if not plan.fits:
         import warnings

@@ -69,9 +69,10 @@ class Plan:
 
 def make_plan(model, method: str, gpus: int = 1, gpu_memory_gib: float = H100_80GB_GIB, global_batch: int = 128,
               seq_len: int = 2048, grad_checkpointing: bool = True, headroom: float = DEFAULT_HEADROOM,
-              micro_batch: int | None = None, image_size=None, host_memory_gib: float | None = None) -> Plan:
+              micro_batch: int | None = None, image_size=None, host_memory_gib: float | None = None,
+              attention: str = "sdpa") -> Plan:
     """The plan for training ``model`` with ``method`` on ``gpus`` cards of ``gpu_memory_gib`` each, on a machine
-    with ``host_memory_gib`` of RAM (None: not checked).
+    with ``host_memory_gib`` of RAM (None: not checked), with the LLM's ``attention`` kernel ("sdpa" or "eager").
 
     ``micro_batch`` overrides the calculator's choice (the plan then says whether it fits). Raises ``PlanError``
     when nothing fits, naming what would, and when an offloading method's host part does not fit."""
@@ -79,7 +80,8 @@ def make_plan(model, method: str, gpus: int = 1, gpu_memory_gib: float = H100_80
     _check(gpus, gpu_memory_gib, global_batch, headroom, micro_batch)
     if host_memory_gib is not None and not host_memory_gib > 0:
         raise PlanError(f"host_memory_gib must be positive, got {host_memory_gib!r}")
-    kw = dict(gpus=gpus, seq_len=seq_len, grad_checkpointing=grad_checkpointing, image_size=image_size)
+    kw = dict(gpus=gpus, seq_len=seq_len, grad_checkpointing=grad_checkpointing, image_size=image_size,
+              attention=attention)
     largest = max_micro_batch(model, name, gpu_memory_gib, headroom, limit=max(1, global_batch // gpus), **kw)
     if micro_batch is None:
         if largest == 0:
