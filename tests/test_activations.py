@@ -128,3 +128,41 @@ def test_an_unknown_attention_kernel_is_a_one_line_error():
 
     with pytest.raises(MemoryConfigError, match="attention='flash2' is not a kernel"):
         estimate_memory("llava-1.5-7b", "lora", attention="flash2")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name, image_size", [("tiny-llava-1.5", None), ("tiny-llava-v1.6", (60, 150))])
+def test_trained_vit_layers_equal_what_autograd_saves(name, image_size, method, attention):
+    """With the ViT trained (``unfreeze_vision``), one CLIP layer's saved bytes for the micro-batch's views (v1.6:
+    the base image and its anyres tiles), against the walk of two builds with 3 and 4 ViT layers."""
+    from llava_nb.lab.activations import block_and_rest
+    from llava_nb.memory.activations import vit_block_constant, vit_block_terms
+    from llava_nb.memory.estimate import _vision
+
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    config = get_config(name)
+    seq_len = 900 if image_size else 100
+    got = block_and_rest(config, method, 2, seq_len, layers=(3, 4), part="vit", attention=attention,
+                         unfreeze_vision=True, image_size=image_size)["saved"]["block"]
+    vision = _vision(config, 2, image_size)
+    compute = compute_of(get_method(method), "cpu", deepspeed_linear=False)
+    per_token = sum(vit_block_terms(vision["block"], compute, attention, vision["view_tokens"]).values())
+    assert got == per_token * vision["tokens"] + vit_block_constant(vision["block"], compute, attention)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unfreeze_vision_counts_what_setup_model_trains(method):
+    import torch
+
+    from llava_nb.lab.activations import _build
+
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes")
+    model = _build(get_config("tiny-llava-1.5"), get_method(method), torch.device("cpu"), False, "sdpa", 0,
+                   unfreeze_vision=True)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert estimate_memory("tiny-llava-1.5", method, seq_len=100, unfreeze_vision=True).trainable == trained
+    frozen_vit = estimate_memory("tiny-llava-1.5", method, seq_len=100).trainable
+    assert trained - frozen_vit == sum(p.numel() for n, p in model.named_parameters() if "vision_tower" in n)

@@ -54,15 +54,18 @@ def saved_tensor_bytes(output: torch.Tensor, exclude: set[int] | None = None) ->
     return sum(storages.values()), by_node
 
 
-def _with_layers(config, layers: int):
+def _with_layers(config, layers: int, part: str = "llm"):
+    """``config`` with ``layers`` blocks in the LLM (``part="llm"``) or the ViT (``"vit"``)."""
     config = copy.deepcopy(config)
-    config.text_config.num_hidden_layers = layers
-    if hasattr(config.text_config, "layer_types") and config.text_config.layer_types:
-        config.text_config.layer_types = config.text_config.layer_types[:layers]
+    sub = config.text_config if part == "llm" else config.vision_config
+    sub.num_hidden_layers = layers
+    if getattr(sub, "layer_types", None):
+        sub.layer_types = sub.layer_types[:layers]
     return config
 
 
-def _build(config, method, device, gradient_checkpointing: bool, attention: str, seed: int):
+def _build(config, method, device, gradient_checkpointing: bool, attention: str, seed: int,
+           unfreeze_vision: bool = False):
     """The model as ``train()`` sets ``method`` up; QLoRA's 4-bit base goes through ``from_pretrained``."""
     from ..models.architectures import build_model, load_model
 
@@ -74,12 +77,12 @@ def _build(config, method, device, gradient_checkpointing: bool, attention: str,
     else:
         model = build_model(config, device=device, dtype=kwargs.get("dtype", torch.float32), seed=seed)
     return setup_model(model, method, mixed_precision="bf16", gradient_checkpointing=gradient_checkpointing,
-                       attn_implementation=attention)
+                       attn_implementation=attention, unfreeze_vision=unfreeze_vision)
 
 
 def forward_bytes(config, method: str, micro_batch: int, seq_len: int, device="cpu", attention: str = "sdpa",
                   gradient_checkpointing: bool = False, image_size=None, seed: int = 0, walk: bool = True,
-                  deepspeed_linear: bool = False) -> dict:
+                  deepspeed_linear: bool = False, unfreeze_vision: bool = False) -> dict:
     """One training-mode forward of ``config`` set up for ``method``: ``saved`` (the saved tensors' bytes, when
     ``walk`` and checkpointing is off), ``saved_by_node``, ``allocated`` (the allocator's growth; GPUs only) and
     ``logits`` (the returned logits' bytes, alive in ``allocated`` but saved by no node). ``deepspeed_linear`` runs
@@ -87,7 +90,7 @@ def forward_bytes(config, method: str, micro_batch: int, seq_len: int, device="c
     itself is not wrapped)."""
     method = get_method(method)
     device = torch.device(device)
-    model = _build(config, method, device, gradient_checkpointing, attention, seed)
+    model = _build(config, method, device, gradient_checkpointing, attention, seed, unfreeze_vision)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     buffers = {b.untyped_storage().data_ptr() for b in model.buffers()}
     dtype = torch.bfloat16 if method.engine.kind == "deepspeed" else torch.float32
@@ -116,10 +119,11 @@ def forward_bytes(config, method: str, micro_batch: int, seq_len: int, device="c
     return record
 
 
-def block_and_rest(config, method: str, micro_batch: int, seq_len: int, layers=(1, 2), **kwargs) -> dict:
-    """``forward_bytes`` of two builds with ``layers`` LLM blocks: ``block`` is one block's bytes (their difference
-    over the difference in blocks), ``rest`` what is outside the blocks, for each measure taken."""
-    (few, f), (many, m) = [(n, forward_bytes(_with_layers(config, n), method, micro_batch, seq_len, **kwargs))
+def block_and_rest(config, method: str, micro_batch: int, seq_len: int, layers=(1, 2), part: str = "llm",
+                   **kwargs) -> dict:
+    """``forward_bytes`` of two builds with ``layers`` blocks in ``part`` ("llm" or "vit"): ``block`` is one block's
+    bytes (their difference over the difference in blocks), ``rest`` what is outside those blocks."""
+    (few, f), (many, m) = [(n, forward_bytes(_with_layers(config, n, part), method, micro_batch, seq_len, **kwargs))
                            for n in layers]
     out = {"layers": list(layers), "records": [f, m]}
     for key in ("saved", "allocated"):

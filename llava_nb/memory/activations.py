@@ -34,6 +34,13 @@ reset"), so ``zero3+lora``'s frozen Linears keep their inputs as full fine-tunin
 
 With gradient checkpointing a block keeps only its input (``stream`` h bytes a token) until backward recomputes it.
 
+**The ViT**, frozen as in LLaVA's recipes, keeps nothing: no input of it needs a gradient. Trained
+(``unfreeze_vision``, as LLaVA-1.6's recipe does), each CLIP encoder layer the features come from keeps, per patch
+token (d the width, f the MLP width, n heads, w the stream's bytes: 2, or 4 for DDP's fp32 ViT under autocast):
+LayerNorm inputs and their mean and 1/std ``2 (w d + 8)``, the inputs of q, k, v (one bf16 copy, or one per
+projection under autocast), out_proj, fc1 and fc2 ``2d (1 or 3) + 2d + 2d + 2f``, attention ``6d + 4n`` (sdpa) or
+``6d + 6 n t`` (eager, t the patch tokens of a view), and quick-GELU's input and sigmoid ``4f``.
+
 ``tests/test_activations.py`` checks every term against autograd itself (the saved tensors of a real block, walked
 on a CPU); ``data/gpu/activations_gpu.jsonl`` holds the same walk, and the allocator's growth, for the 7B blocks on
 an H200.
@@ -136,3 +143,43 @@ def block_constant(block: Block, compute: Compute, lora_r: int = 128, attention:
 def checkpointed_bytes(block: Block, compute: Compute) -> int:
     """Bytes per token a checkpointed block keeps until backward: its input."""
     return compute.stream * block.hidden
+
+
+@dataclass(frozen=True)
+class VitBlock:
+    """The numbers of one CLIP ViT encoder layer: width d, MLP width f, heads n."""
+
+    hidden: int
+    intermediate: int
+    heads: int
+
+
+def vit_stream(compute: Compute) -> int:
+    """Bytes of a trained ViT's stream element: torch DDP keeps a trained ViT in fp32 (autocast computes in bf16)."""
+    return 4 if compute.autocast else 2
+
+
+def vit_block_terms(block: VitBlock, compute: Compute, attention: str = "sdpa", view_tokens: int = 0) -> dict:
+    """Bytes per patch token one trained CLIP encoder layer saves (this module's docstring); ``view_tokens`` (the
+    patch tokens of one image view, CLS included) matters for eager attention only."""
+    d, f, n = block.hidden, block.intermediate, block.heads
+    w = vit_stream(compute)
+    stats = 8 if compute.device == "cuda" or w == 4 else 4  # LayerNorm's mean and 1/std: fp32, bf16 on a CPU
+    terms = {"layer norms": 2 * (w * d + stats),
+             "linear inputs": 2 * d * (3 if compute.autocast else 1) + 2 * d + 2 * d + 2 * f}
+    if attention == "sdpa":
+        terms["attention"] = 6 * d + 4 * n
+    elif attention == "eager":
+        terms["attention"] = 6 * d + 6 * n * view_tokens
+    else:
+        raise ValueError(f"attention must be 'sdpa' or 'eager', got {attention!r}")
+    terms["mlp"] = 4 * f
+    return terms
+
+
+def vit_block_constant(block: VitBlock, compute: Compute, attention: str = "sdpa") -> int:
+    """Bytes one trained ViT layer keeps whatever the tokens: quick-GELU's 1.702 (and eager's scale) as saved
+    scalars, on a GPU sdpa's seed and offset, and under autocast the bf16 copies of its Linear weights."""
+    d, f = block.hidden, block.intermediate
+    scalars = 8 + 8 * (attention == "eager") + 16 * (attention == "sdpa" and compute.device == "cuda")
+    return scalars + (2 * (4 * d * d + 2 * d * f) if compute.autocast else 0)

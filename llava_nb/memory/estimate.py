@@ -134,9 +134,30 @@ def _image_tokens(model, image_size) -> int:
     return count_image_tokens(config, *image_size)
 
 
+def _vision(model, micro_batch: int, image_size) -> dict:
+    """What a trained ViT's activations need (``formulas.vit_activation_bytes``): its layer, the layers the features
+    come from (``vision_feature_layer`` -2: all but the last), and the patch tokens (CLS included) of the
+    micro-batch's views: one per image for v1/v1.5, the base image and its anyres tiles for v1.6."""
+    from .activations import VitBlock
+
+    config = as_numbers(model)
+    v = config.vision_config
+    view = (v.image_size // v.patch_size) ** 2 + 1
+    views = 1
+    if getattr(config, "model_type", "") == "llava_next":
+        from ..models.image_tokens import anyres_layout
+
+        views += anyres_layout(config, *(image_size or (v.image_size, v.image_size))).num_tiles
+    feature = config.vision_feature_layer
+    deepest = max(f if f >= 0 else v.num_hidden_layers + 1 + f for f in (feature if isinstance(feature, (list, tuple))
+                                                                         else (feature,)))
+    return {"block": VitBlock(v.hidden_size, v.intermediate_size, v.num_attention_heads), "layers": deepest,
+            "tokens": micro_batch * views * view, "view_tokens": view}
+
+
 #: the ``options`` estimate_memory understands (its docstring)
 OPTIONS = {"reduce_bucket_size", "sub_group_size", "stage3_param_persistence_threshold", "lora_r", "nodes", "rank",
-           "fp32_grads", "attention"}
+           "fp32_grads", "attention", "unfreeze_vision"}
 
 
 def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq_len: int = 2048,
@@ -149,7 +170,8 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     ``seq_len`` counts the image tokens (576 for LLaVA-1.5; for v1.6 they follow ``image_size=(h, w)``).
     ``options`` change the recipe: ``reduce_bucket_size``, ``sub_group_size``,
     ``stage3_param_persistence_threshold`` (DeepSpeed), ``lora_r``, ``attention`` ("sdpa", the default, or "eager":
-    the LLM's attention kernel), ``nodes`` (for ``accounting="deepspeed"``),
+    the attention kernel), ``unfreeze_vision`` (the ViT trains too, as in LLaVA-1.6's recipe), ``nodes`` (for
+    ``accounting="deepspeed"``),
     ``rank`` (FSDP's shards differ by rank when a dimension does not divide; default 0, the busiest).
     """
     if accounting not in ACCOUNTINGS:
@@ -193,9 +215,10 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
     if accounting == "deepspeed":
         gpu, cpu = deepspeed_terms(shapes.total, shapes.largest_layer, chosen.engine.name, gpus, options.get("nodes", 1))
         return _finish(shapes.name, gpu, {}, cpu, n_img, base)
+    vision = _vision(model, micro_batch, image_size) if options.get("unfreeze_vision") else None
     persistent, phases, cpu = measured_terms(shapes, chosen, gpus, micro_batch * seq_len, grad_checkpointing, options,
-                                             seq_len)
-    base.update(trainable=trainable_count(shapes, chosen), states=chosen.states("bf16").as_dict())
+                                             seq_len, vision)
+    base.update(trainable=trainable_count(shapes, chosen, bool(vision)), states=chosen.states("bf16").as_dict())
     return _finish(shapes.name, persistent, phases, cpu, n_img, base)
 
 

@@ -13,7 +13,8 @@ import math
 from ..errors import UnknownMethodError
 from ..methods.counts import sized_numel
 from ..methods.registry import DTYPE_BYTES
-from .activations import Block, block_constant, block_terms, checkpointed_bytes, compute_of
+from .activations import (Block, block_constant, block_terms, checkpointed_bytes, compute_of, vit_block_constant,
+                          vit_block_terms, vit_stream)
 from .host import offload_host_terms
 from .shapes import Shapes, method_sizes
 
@@ -194,16 +195,34 @@ def _ddp_terms(shapes: Shapes, sizes, method, gpus: int, one_block: int) -> tupl
     return persistent, end, step
 
 
+def vit_activation_bytes(method, grad_checkpointing: bool, attention: str, vision: dict) -> tuple[int, int]:
+    """(all the trained ViT's layers, one layer recomputed) in bytes: ``vision`` holds its ``block``
+    (``activations.VitBlock``), the ``layers`` the features come from, the micro-batch's patch ``tokens`` and the
+    ``view_tokens`` of one image view."""
+    block, compute = vision["block"], compute_of(method)
+    per_token = sum(vit_block_terms(block, compute, attention, vision["view_tokens"]).values())
+    fixed = vit_block_constant(block, compute, attention)
+    layers, tokens = vision["layers"], vision["tokens"]
+    if grad_checkpointing:
+        return layers * (vit_stream(compute) * block.hidden * tokens + fixed), per_token * tokens + fixed
+    return layers * (per_token * tokens + fixed), 0
+
+
 def measured_terms(shapes: Shapes, method, gpus: int, tokens: int, grad_checkpointing: bool,
-                   options: dict, seq_len: int = 0) -> tuple:
+                   options: dict, seq_len: int = 0, vision: dict | None = None) -> tuple:
     """(persistent, phases, cpu bytes) of ``method`` (a ``methods.registry.Method``) as ``train()`` sets it up;
     phases map a name ("loss", "end of backward", "optimizer step") to its transient components. ``tokens`` =
-    micro-batch x sequence length. The parameters held, and which of them train, are ``method_sizes``."""
-    act = activation_bytes_per_token(shapes, method, grad_checkpointing, options.get("attention", "sdpa"), seq_len)
+    micro-batch x sequence length. The parameters held, and which of them train, are ``method_sizes``; with
+    ``vision`` (``vit_activation_bytes``) the ViT trains too."""
+    attention = options.get("attention", "sdpa")
+    act = activation_bytes_per_token(shapes, method, grad_checkpointing, attention, seq_len)
     blocks = act["blocks"] * tokens + act["blocks_fixed"]
     one_block = act["one_block"] * tokens + act["one_block_fixed"]
+    if vision:  # the ViT's backward runs last: its recomputed layer, not the LLM's, is live at the very end
+        vit_blocks, vit_one = vit_activation_bytes(method, grad_checkpointing, attention, vision)
+        blocks, one_block = blocks + vit_blocks, max(one_block, vit_one)
     logits = act["logits"] * tokens
-    sizes = method_sizes(shapes, method)
+    sizes = method_sizes(shapes, method, unfreeze_vision=bool(vision))
     engine, cpu = method.engine, 0
     if engine.kind == "deepspeed" and engine.zero_stage == 3:
         persistent, end, step, cpu = _zero3_terms(shapes, sizes, engine.offload, gpus, one_block, options)

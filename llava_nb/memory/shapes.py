@@ -49,14 +49,14 @@ class Shapes:
     adapter_sizes: tuple = ()  # LoRA's A (r, in) and B (out, r) of every LLM Linear, in module order
 
 
-def method_sizes(shapes: Shapes, method) -> tuple:
+def method_sizes(shapes: Shapes, method, unfreeze_vision: bool = False) -> tuple:
     """``(trains, shape)`` of every parameter ``method`` holds (``methods.counts.trained_sizes``)."""
-    return trained_sizes(method, shapes.sizes, shapes.parts, shapes.adapter_sizes)
+    return trained_sizes(method, shapes.sizes, shapes.parts, shapes.adapter_sizes, unfreeze_vision)
 
 
-def trainable_count(shapes: Shapes, method) -> int:
+def trainable_count(shapes: Shapes, method, unfreeze_vision: bool = False) -> int:
     """Parameters that train under ``method`` (what ``train()`` reports as ``trainable_parameters``)."""
-    return sized_numel(method_sizes(shapes, method), True)
+    return sized_numel(method_sizes(shapes, method, unfreeze_vision), True)
 
 
 @functools.lru_cache(maxsize=64)

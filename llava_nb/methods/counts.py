@@ -54,18 +54,20 @@ def count_parameters(model, method: str = "full", lora_r: int = LLAVA_LORA_R, lo
 
 
 
-def trained_sizes(method, sizes, parts, adapter_sizes) -> tuple:
+def trained_sizes(method, sizes, parts, adapter_sizes, unfreeze_vision: bool = False) -> tuple:
     """``(trains, shape)`` of every parameter ``method`` holds, in module order, from the model's stage-2
     ``sizes`` (``(trains, shape)``), the LLaVA ``parts`` they belong to and LoRA's ``adapter_sizes``.
 
-    Adapters: the base frozen, LoRA's A and B, and peft's trained copy of the projector beside its frozen original."""
+    Adapters: the base frozen, LoRA's A and B, and peft's trained copy of the projector beside its frozen original.
+    ``unfreeze_vision``: the ViT trains too, in full (``methods.setup``'s option, LLaVA-1.6's recipe)."""
     method = get_method(method)
+    vit = tuple(unfreeze_vision and part == "vision_tower" for part in parts)
     if method.trains == "llm":
-        return tuple(sizes)
+        return tuple((t or v, s) for v, (t, s) in zip(vit, sizes))
     if method.trains == "projector":
-        return tuple((part == "projector", s) for part, (_, s) in zip(parts, sizes))
+        return tuple((part == "projector" or v, s) for v, part, (_, s) in zip(vit, parts, sizes))
     projector = tuple((True, s) for part, (_, s) in zip(parts, sizes) if part == "projector")
-    return tuple((False, s) for _, s in sizes) + tuple((True, s) for s in adapter_sizes) + projector
+    return tuple((v, s) for v, (_, s) in zip(vit, sizes)) + tuple((True, s) for s in adapter_sizes) + projector
 
 
 def sized_numel(sized, trains: bool | None = None) -> int:
