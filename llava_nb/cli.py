@@ -80,6 +80,10 @@ def _memory(args) -> tuple[dict, str]:
     name = resolve_name(args.model)
     kwargs = dict(gpus=args.gpus, seq_len=args.seq_len, grad_checkpointing=not args.no_grad_checkpointing,
                   accounting=args.accounting, image_size=parse_size(args.image_size) if args.image_size else None)
+    if args.attention != "sdpa":
+        kwargs["attention"] = args.attention
+    if args.unfreeze_vision:
+        kwargs["unfreeze_vision"] = True
     est = estimate_memory(name, args.method, micro_batch=args.micro_batch, **kwargs)
     fits = est.fits(args.gpu_memory, args.headroom)
     largest = max_micro_batch(name, args.method, args.gpu_memory, args.headroom, **kwargs) \
@@ -233,6 +237,8 @@ def _memory_parser(sub) -> None:
     m.add_argument("--seq-len", type=int, default=2048, help="tokens per sample, image tokens included")
     m.add_argument("--image-size", help="HEIGHTxWIDTH, v1.6 models only (sets the image tokens)")
     m.add_argument("--no-grad-checkpointing", action="store_true")
+    m.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa", help="the attention kernel")
+    m.add_argument("--unfreeze-vision", action="store_true", help="the ViT trains too (LLaVA-1.6's recipe)")
     m.add_argument("--gpu-memory", type=float, default=H100_80GB_GIB, help="GiB of usable memory per GPU "
                    f"(default {H100_80GB_GIB}, an 80 GB H100)")
     m.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM, help="fraction kept free for the allocator")

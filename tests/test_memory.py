@@ -172,6 +172,16 @@ def test_cli_memory(capsys):
     assert "OUT OF MEMORY" in text and "largest micro-batch that fits: 0" in text
     assert main(["memory", "--model", "llava-1.5-7b", "--method", "zero2", "--gpus", "0"]) == 2
     assert "gpus must be" in capsys.readouterr().err
+    args = ["memory", "--model", "llava-v1.6-mistral-7b", "--method", "lora", "--image-size", "672x672",
+            "--seq-len", "4096", "--no-grad-checkpointing", "--json"]
+    assert main(args + ["--attention", "eager", "--unfreeze-vision"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    want = estimate_memory("llava-v1.6-mistral-7b", "lora", seq_len=4096, image_size=(672, 672),
+                           grad_checkpointing=False, attention="eager", unfreeze_vision=True)
+    assert out["peak_gib"] == want.peak_gib and out["trainable"] == want.trainable
+    assert main(["memory", "--model", "llava-1.5-7b", "--method", "zero3", "--accounting", "paper",
+                 "--unfreeze-vision"]) == 2
+    assert "accounting='paper' has no activations" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- real runs

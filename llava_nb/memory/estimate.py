@@ -195,6 +195,9 @@ def estimate_memory(model, method: str, gpus: int = 1, micro_batch: int = 1, seq
         raise MemoryConfigError(f"a parameter count must be positive, got {model:,}")
     base = dict(method=chosen.name, gpus=gpus, micro_batch=micro_batch, seq_len=seq_len,
                 grad_checkpointing=grad_checkpointing, accounting=accounting, options=dict(options))
+    if accounting != "measured" and ({"attention", "unfreeze_vision"} & set(options)):
+        raise MemoryConfigError(f"attention and unfreeze_vision change what accounting='measured' counts; "
+                                f"accounting={accounting!r} has no activations or trained ViT to change")
     if accounting != "measured" and (chosen.adapter.name != "none" or chosen.stage != 2):
         raise UnknownMethodError(f"accounting={accounting!r} counts full fine-tuning with an engine (ddp, zero1, "
                                  f"zero2, zero3, zero3-offload, fsdp), not {chosen.name!r}; use accounting='measured'")
