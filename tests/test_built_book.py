@@ -228,3 +228,118 @@ def test_chapters_with_widgets_and_math_were_checked():
     assert sum("application/vnd.jupyter.widget-view+json" in t for t in pages.values()) >= 2
     assert sum('class="math' in t for t in pages.values()) >= 3
     assert sum(len(re.findall(r"<img ", t)) for t in pages.values()) >= 10
+
+
+# ---------------------------------------------------------------- the live calculators (llava-calculator.js)
+
+#: the page of each live calculator
+LIVE = {"memory": "06_memory.html", "tokens": "02_versions.html"}
+BENCH = Path(os.environ.get("LLAVA_NB_LIVE_BENCH", HTML.parent / "live_calculators.json"))
+
+_READY = """
+const done = arguments[arguments.length - 1];
+const started = performance.now();
+(async () => {
+  for (let i = 0; i < 600 && !window.llavaCalculatorsReady; i++) { await new Promise(r => setTimeout(r, 50)); }
+  try { await window.llavaCalculatorsReady; } catch (e) { done({error: String(e)}); return; }
+  done({ms_from_navigation: performance.now(), ms_waited: performance.now() - started,
+        kinds: [...document.querySelectorAll('.llava-calculator')].map(c => c.dataset.kind)});
+})();
+"""
+
+_SET = """
+const [kind, settings, done] = arguments;
+const calc = document.querySelector(`.llava-calculator[data-kind="${kind}"]`);
+const out = calc.querySelector('.llava-calculator-result');
+const before = Number(out.dataset.updates || 0);
+for (const [name, value] of Object.entries(settings)) {
+  const el = calc.querySelector(`[name="${name}"]`);
+  if (el.type === 'checkbox') { el.checked = value === 'true'; } else { el.value = value; }
+}
+calc.querySelector('form').dispatchEvent(new Event('change', {bubbles: true}));
+(async () => {
+  for (let i = 0; i < 400 && Number(out.dataset.updates || 0) === before; i++) {
+    await new Promise(r => setTimeout(r, 25));
+  }
+  done({json: out.dataset.json ?? null, error: out.dataset.error ?? null, text: out.innerText,
+        bars: out.querySelectorAll('.llava-calculator-bars .bar').length, hash: decodeURIComponent(location.hash)});
+})();
+"""
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    """``python -m llava_nb`` in this process: exit status, stdout, last line of stderr."""
+    import contextlib
+    import io
+
+    from llava_nb.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as exit_:
+            rc = exit_.code
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    return rc, out.getvalue(), lines[-1] if lines else ""
+
+
+def _random_settings(kind: str, rng) -> tuple[dict, list[str]]:
+    """Settings for the page (strings) and the command line a reader would type for them."""
+    from llava_nb.live import choices
+
+    models = choices()["model"]
+    if kind == "tokens":
+        model = rng.choice([m for m in models if "v1.6" in m] + ["llava-1.5-7b"])
+        h, w = rng.randint(1, 3000), rng.randint(1, 3000)
+        return {"model": model, "height": str(h), "width": str(w)}, ["tokens", "--model", model, "--size",
+                                                                      f"{h}x{w}", "--json"]
+    s = {"model": rng.choice(models), "method": rng.choice(choices()["method"]), "gpus": str(rng.choice([1, 2, 4, 8])),
+         "micro_batch": str(rng.randint(1, 32)), "seq_len": str(rng.choice([1024, 2048, 4096])),
+         "grad_checkpointing": rng.choice(["true", "false"]), "gpu_memory": str(rng.choice([24, 40, 79.18, 140]))}
+    argv = ["memory", "--model", s["model"], "--method", s["method"], "--gpus", s["gpus"], "--micro-batch",
+            s["micro_batch"], "--seq-len", s["seq_len"], "--gpu-memory", s["gpu_memory"], "--json"]
+    return s, argv + ([] if s["grad_checkpointing"] == "true" else ["--no-grad-checkpointing"])
+
+
+@pytest.mark.parametrize("kind", sorted(LIVE))
+def test_live_calculator_equals_the_command_line(kind, server, browser):
+    """20 random settings: the page's data-json is what the command line prints, and its text and bars follow;
+    impossible settings show the command line's error; the settings go into the URL and come back from it."""
+    import json
+    import random
+
+    browser.get(f"{server}/{LIVE[kind]}")
+    ready = browser.execute_async_script(_READY)
+    assert "error" not in ready and kind in ready["kinds"], ready
+    timings = json.loads(BENCH.read_text()) if BENCH.exists() else {}
+    timings[kind] = round(ready["ms_from_navigation"])
+    BENCH.write_text(json.dumps(timings, indent=1))
+    rng = random.Random(f"live-{kind}")
+    for _ in range(20):
+        settings, argv = _random_settings(kind, rng)
+        page = browser.execute_async_script(_SET, kind, settings)
+        rc, out, err = _cli(argv)
+        if rc == 0:
+            assert page["json"] is not None and json.loads(page["json"]) == json.loads(out), (settings, page)
+            result = json.loads(out)
+            if kind == "memory":
+                assert f"peak {result['peak_gib']:.2f} GiB" in page["text"]
+                assert page["bars"] == len(result["breakdown"])
+            else:
+                assert f"{result['tokens']} image tokens" in page["text"]
+        else:
+            assert page["json"] is None and page["error"] == err and err in page["text"], (settings, page, err)
+        assert all(f"{kind}.{k}={v}" in page["hash"] for k, v in settings.items()), page["hash"]
+    bad = {"memory": {"micro_batch": "0"}, "tokens": {"height": "0"}}[kind]
+    page = browser.execute_async_script(_SET, kind, bad)
+    assert page["json"] is None and page["error"].startswith("error:") and page["error"] in page["text"], page
+    # a link to a configuration: the fragment sets the controls
+    settings, argv = _random_settings(kind, random.Random(f"link-{kind}"))
+    fragment = "&".join(f"{kind}.{k}={v}" for k, v in settings.items())
+    browser.get("about:blank")  # a new document: the same page with another fragment would not load again
+    browser.get(f"{server}/{LIVE[kind]}#llava:{fragment}")
+    browser.execute_async_script(_READY)
+    page = browser.execute_async_script(_SET, kind, {})
+    rc, out, err = _cli(argv)
+    assert (page["json"] and json.loads(page["json"]) == json.loads(out)) if rc == 0 else page["error"] == err, page

@@ -47,6 +47,11 @@ PACKAGES = {
          **{f"dist/*.{ext}": (f"{WIDGETS}/", "@jupyter-widgets/") for ext in ("woff2", "woff", "ttf", "eot", "svg")}}),
     "requirejs": ("2.3.7", "sha512-DouTG8T1WanGok6Qjg2SXuCMzszOo0eHeH9hDZ5Y4x8Je+9JB38HdTLT4/VA8OaUhBa0JPVHJ0pyBkM1z+pDsw==",
                   {"require.js": "require.js"}),
+    # Python in the browser for the live calculators (static/llava-calculator.js): the runtime and its standard
+    # library, no packages (llava_nb's pure core needs none)
+    "pyodide": ("314.0.8", "sha512-74Wq1kXOC+CCEzAfxuRAO701nAcCMLjf8NrwvWpu8S41dVMXwXmLQ05dYB+F4e46AdnGo0oq7YHSVUpHsoarLQ==",
+                {f: f"pyodide/{f}" for f in ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip",
+                                             "pyodide-lock.json")}),
 }
 REGISTRY = os.environ.get("NPM_CONFIG_REGISTRY", "https://registry.npmjs.org").rstrip("/")
 
@@ -128,8 +133,28 @@ STYLE = Path(__file__).with_name("static")  # the book's own CSS (llava-nb.css)
 
 def _add_static_path(app) -> None:
     folder = fetch()
+    write_core(folder / CORE)
     app.config.html_static_path.append(str(folder.parent))  # serves vendor/... from _static/vendor/...
     app.config.html_static_path.append(str(STYLE))
+
+
+CORE = "llava_nb_core.zip"  # the package the live calculators import under Pyodide
+
+
+def write_core(path: Path) -> Path:
+    """Zip this checkout's ``llava_nb`` (its sources, no caches) for the live calculators, with fixed timestamps so
+    that the same sources give the same bytes. Only its pure-Python core is imported in the browser."""
+    import zipfile
+
+    package = Path(__file__).resolve().parents[2] / "llava_nb"
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for source in sorted(package.rglob("*.py")):
+            if "__pycache__" not in source.parts:
+                info = zipfile.ZipInfo(str(source.relative_to(package.parent)), date_time=(2020, 1, 1, 0, 0, 0))
+                zf.writestr(info, source.read_bytes(), zipfile.ZIP_DEFLATED)
+    tmp.replace(path)
+    return path
 
 
 #: ipywidgets 8's embed manager typesets widget labels with MathJax 2's API, ``MathJax.Hub.Queue(["Typeset",
@@ -187,6 +212,7 @@ def _dedupe_scripts(context) -> None:
 def setup(app) -> dict:
     app.connect("builder-inited", _add_static_path)
     app.add_css_file("llava-nb.css")
+    app.add_js_file("llava-calculator.js", type="module")
     app.connect("html-page-context", _page_scripts, priority=900)  # after myst-nb has added a page's widget scripts
     return {"parallel_read_safe": True, "parallel_write_safe": True}
 
