@@ -91,6 +91,7 @@ bench: venv
 	$(PY) -m llava_nb.lab.bench step-time
 	$(PY) -m llava_nb.lab.bench memory
 	$(PY) -m llava_nb.lab.bench cli
+	$(PY) -m llava_nb.lab.bench_live
 	$(PY) -m llava_nb.lab.bench $(CHAPTERS)
 
 # Regenerate committed artefacts: the data sample, the tiny tokenizer, then the pretrained tiny ViT and LLM

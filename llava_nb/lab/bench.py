@@ -11,7 +11,9 @@
 * ``python -m llava_nb.lab.bench memory``: how long one ``estimate_memory`` call takes once the model's shapes are
   cached (the widgets need well under 5 ms) -> ``memory_calculator.json``;
 * ``python -m llava_nb.lab.bench cli``: the wall time of ``import llava_nb`` and of the pure-arithmetic commands
-  (``tokens``, ``params``, ``memory``), each in a fresh process, median of 5 -> ``cli.json``.
+  (``tokens``, ``params``, ``memory``), each in a fresh process, median of 5 -> ``cli.json``;
+* ``python -m llava_nb.lab.bench_live``: the built book's live calculators, from page load to the first result in
+  headless Chromium -> ``live_calculators.json``.
 """
 
 from __future__ import annotations
