@@ -233,7 +233,7 @@ def test_chapters_with_widgets_and_math_were_checked():
 # ---------------------------------------------------------------- the live calculators (llava-calculator.js)
 
 #: the page of each live calculator
-LIVE = {"memory": "06_memory.html", "tokens": "02_versions.html"}
+LIVE = {"memory": "book/06_memory.html", "tokens": "book/02_versions.html"}
 BENCH = Path(os.environ.get("LLAVA_NB_LIVE_BENCH", HTML.parent / "live_calculators.json"))
 
 _READY = """

@@ -144,15 +144,20 @@ CORE = "llava_nb_core.zip"  # the package the live calculators import under Pyod
 def write_core(path: Path) -> Path:
     """Zip this checkout's ``llava_nb`` (its sources, no caches) for the live calculators, with fixed timestamps so
     that the same sources give the same bytes. Only its pure-Python core is imported in the browser."""
+    import importlib.util
     import zipfile
 
-    package = Path(__file__).resolve().parents[2] / "llava_nb"
+    # the installed (editable) package, not a path beside this file: `make test` builds a copy of the book elsewhere
+    package = Path(importlib.util.find_spec("llava_nb").origin).parent
     tmp = path.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for source in sorted(package.rglob("*.py")):
             if "__pycache__" not in source.parts:
                 info = zipfile.ZipInfo(str(source.relative_to(package.parent)), date_time=(2020, 1, 1, 0, 0, 0))
                 zf.writestr(info, source.read_bytes(), zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(tmp) as zf:
+        if not any(n.endswith("llava_nb/live.py") for n in zf.namelist()):
+            raise RuntimeError(f"the live calculators' core has no llava_nb/live.py (zipped from {package})")
     tmp.replace(path)
     return path
 

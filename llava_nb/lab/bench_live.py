@@ -22,7 +22,7 @@ from pathlib import Path
 from ..paths import BENCHMARKS_DIR, REPO_ROOT
 from .bench import machine
 
-PAGES = {"memory": "06_memory.html", "tokens": "02_versions.html"}
+PAGES = {"memory": "book/06_memory.html", "tokens": "book/02_versions.html"}
 BUDGET_MS = 5000
 _FIRST_RESULT = """
 const done = arguments[arguments.length - 1];
