@@ -267,23 +267,6 @@ calc.querySelector('form').dispatchEvent(new Event('change', {bubbles: true}));
 """
 
 
-def _cli(argv: list[str]) -> tuple[int, str, str]:
-    """``python -m llava_nb`` in this process: exit status, stdout, last line of stderr."""
-    import contextlib
-    import io
-
-    from llava_nb.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exit_:
-            rc = exit_.code
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
-    return rc, out.getvalue(), lines[-1] if lines else ""
-
-
 def _random_settings(kind: str, rng) -> tuple[dict, list[str]]:
     """Settings for the page (strings) and the command line a reader would type for them."""
     from llava_nb.live import choices
@@ -303,7 +286,7 @@ def _random_settings(kind: str, rng) -> tuple[dict, list[str]]:
 
 
 @pytest.mark.parametrize("kind", sorted(LIVE))
-def test_live_calculator_equals_the_command_line(kind, server, browser):
+def test_live_calculator_equals_the_command_line(kind, server, browser, run_cli):
     """20 random settings: the page's data-json is what the command line prints, and its text and bars follow;
     impossible settings show the command line's error; the settings go into the URL and come back from it."""
     import json
@@ -319,7 +302,7 @@ def test_live_calculator_equals_the_command_line(kind, server, browser):
     for _ in range(20):
         settings, argv = _random_settings(kind, rng)
         page = browser.execute_async_script(_SET, kind, settings)
-        rc, out, err = _cli(argv)
+        rc, out, err = run_cli(argv)
         if rc == 0:
             assert page["json"] is not None and json.loads(page["json"]) == json.loads(out), (settings, page)
             result = json.loads(out)
@@ -341,5 +324,5 @@ def test_live_calculator_equals_the_command_line(kind, server, browser):
     browser.get(f"{server}/{LIVE[kind]}#llava:{fragment}")
     browser.execute_async_script(_READY)
     page = browser.execute_async_script(_SET, kind, {})
-    rc, out, err = _cli(argv)
+    rc, out, err = run_cli(argv)
     assert (page["json"] and json.loads(page["json"]) == json.loads(out)) if rc == 0 else page["error"] == err, page

@@ -3,24 +3,11 @@ and what comes back is what the command line prints."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 
-from llava_nb.cli import main
 from llava_nb.live import DEFAULTS, FIELDS, argv, choices, run
-
-
-def cli(args: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(args)
-        except SystemExit as exit_:
-            rc = exit_.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_fields_are_the_command_lines_arguments():
@@ -37,9 +24,9 @@ def test_fields_are_the_command_lines_arguments():
 @pytest.mark.parametrize("kind, settings", [("memory", {"method": "qlora", "gpu_memory": "24"}),
                                             ("memory", {"model": "llava-v1.6-mistral-7b", "seq_len": "4096"}),
                                             ("tokens", {"height": "336", "width": "1344"})])
-def test_run_returns_what_the_command_line_prints(kind, settings):
+def test_run_returns_what_the_command_line_prints(kind, settings, run_cli):
     got = run(kind, settings)
-    rc, out, _ = cli(argv(kind, settings))
+    rc, out, _ = run_cli(argv(kind, settings))
     assert got["rc"] == rc == 0 and json.loads(got["json"]) == json.loads(out) and got["error"] is None
 
 
@@ -48,10 +35,10 @@ def test_run_returns_what_the_command_line_prints(kind, settings):
     ("memory", {"gpus": "two"}, "argument --gpus: invalid int value: 'two'"),
     ("memory", {"method": "zero4"}, "argument --method: invalid choice: 'zero4'"),
     ("tokens", {"height": "0"}, "error: image height must be a positive number of pixels, got 0")])
-def test_bad_settings_get_the_command_lines_one_line_error(kind, settings, message):
+def test_bad_settings_get_the_command_lines_one_line_error(kind, settings, message, run_cli):
     got = run(kind, settings)
     assert got["rc"] == 2 and got["json"] is None and message in got["error"]
-    assert got["error"] == cli(argv(kind, settings))[2].strip().splitlines()[-1]
+    assert got["error"] == run_cli(argv(kind, settings))[2]
 
 
 def test_the_lists_offer_only_what_the_page_can_compute():
