@@ -124,9 +124,22 @@ def _plan(args) -> tuple[dict, str]:
 def _make_checkpoint(args) -> tuple[dict, str]:
     from .models.standin import check_standin, make_checkpoint
 
-    check_standin(args.like, args.out)  # a bad name or a folder in use fails before torch is imported
-    out = make_checkpoint(args.like, args.out, seed=args.seed)
+    out = args.out or _checkpoints_folder(args.like)
+    check_standin(args.like, out)  # a bad name or a folder in use fails before torch is imported
+    out = make_checkpoint(args.like, out, seed=args.seed)
     return {"like": args.like, "out": str(out)}, f"wrote a random-weight {args.like} to {out}"
+
+
+def _checkpoints_folder(like: str) -> str:
+    """``$LLAVA_NB_CHECKPOINTS/<hub id of like>``, where the full profile and train() look for it."""
+    from .models.local import ENV_VAR, local_path
+    from .models.specs import hub_id, resolve_name
+
+    hub = hub_id(resolve_name(like))
+    folder = local_path(hub) if hub else None
+    if folder is None:
+        raise LlavaNbError(f"make-checkpoint needs --out DIR (or {ENV_VAR} set, for a model with a Hub id)")
+    return str(folder)
 
 
 def _convert(args) -> tuple[dict, str]:
@@ -186,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _convert_parser(sub)
     mk = sub.add_parser("make-checkpoint", help="write a full-size random-weight checkpoint in the llava-hf format")
     mk.add_argument("--like", required=True, help="the model it stands in for, e.g. llava-1.5-7b")
-    mk.add_argument("--out", required=True, help="a new or empty folder")
+    mk.add_argument("--out", help="a new or empty folder (default: $LLAVA_NB_CHECKPOINTS/<hub id>)")
     mk.add_argument("--seed", type=int, default=0)
     w = sub.add_parser("worker")  # internal: one training process of launch()'s fresh-process route
     w.add_argument("spec")

@@ -195,6 +195,9 @@ def load_model(path_or_name: str | Path, dtype: torch.dtype | None = None, **kwa
                 f"{canonical!r} has no public transformers-format checkpoint; use build_model({canonical!r}) "
                 "for random weights, or pass the folder of a checkpoint you saved"
             )
+        from .local import resolve
+
+        source = resolve(source)  # the folder in $LLAVA_NB_CHECKPOINTS where that is set
         config = get_config(canonical)
     cls = model_class(config)
     if dtype is not None:

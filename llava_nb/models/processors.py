@@ -100,12 +100,15 @@ def load_processor(path_or_name):
     from .architectures import hub_id, resolve_name
     from ..errors import UnknownModelError
 
+    from .local import resolve
+
     source = str(path_or_name)
     if not Path(source).is_dir():
         try:
             source = hub_id(resolve_name(source)) or source
         except UnknownModelError:
             pass  # an id this package does not know: let transformers try it
+        source = resolve(source)  # the folder in $LLAVA_NB_CHECKPOINTS where that is set
     processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
     if not type(processor.image_processor).__name__.endswith("Pil"):
         processor.image_processor = AutoImageProcessor.from_pretrained(source, backend="pil", trust_remote_code=False)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 
 from ..errors import LlavaNbError, TrainingError  # noqa: F401 (TrainingError re-exported: chapters import it here)
+from ..models.local import resolve as resolve_checkpoint
 from ..paths import CACHE_DIR
 from .config import FULL_METHODS, TINY_METHOD, ConfigError, TrainConfig, TrainSpec
 from .launch import check_gpus, default_num_processes, launch
@@ -78,7 +79,7 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     if stage not in (1, 2, "1", "2"):
         raise LlavaNbError(f"stage must be 1 or 2, got {stage!r}")
     stage = int(stage)
-    model = str(model)
+    model = resolve_checkpoint(str(model))  # a Hub id's folder in $LLAVA_NB_CHECKPOINTS where that is set
     check_model(model)  # a checkpoint folder's config, processor and tokenizer, before anything reads them
     tiny = tiny_name(model)
     if method is None:
@@ -207,7 +208,7 @@ def _launch_and_collect(spec: TrainSpec, processes: int) -> dict:
     out = Path(spec.output_dir)
     started = time.time()
     try:
-        launch(spec, processes)
+        launcher = launch(spec, processes)
     except (Exception, KeyboardInterrupt) as err:  # a launcher stopped by Ctrl-C raises (its workers stopped cleanly)
         stopped = _interrupted(out / "result.json", started)
         if stopped is not None:
@@ -223,4 +224,4 @@ def _launch_and_collect(spec: TrainSpec, processes: int) -> dict:
     result_file = out / "result.json"
     if not result_file.exists() or result_file.stat().st_mtime < started:  # none, or an earlier attempt's
         raise RuntimeError(f"training finished without writing {result_file}; see the processes' output above")
-    return json.loads(result_file.read_text())
+    return {**json.loads(result_file.read_text()), "launcher": launcher}
