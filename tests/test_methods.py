@@ -52,7 +52,12 @@ for name in METHODS:
     run = train("tiny-llava-1.5" if method.stage == 1 else stage1["final_dir"], method.stage, method=method.key,
                 data=data["instruct"], image_folder=data["image_folder"], stop_after=1, batch_size=8, log_every=0,
                 lora_r=16, mixed_precision="bf16", output_dir=f"{out}/{name}")
-    print(json.dumps({"name": name, "trainable": run["trainable_parameters"], "states": run["states"]}), flush=True)
+    print(json.dumps({"name": name, "trainable": run["trainable_parameters"], "states": run["states"],
+                      "launcher": run["launcher"], "bitsandbytes here": "bitsandbytes" in sys.modules}), flush=True)
+import peft  # imports bitsandbytes: from now on accelerate's notebook_launcher refuses to fork
+run = train(stage1["final_dir"], 2, data=data["instruct"], image_folder=data["image_folder"], stop_after=1,
+            batch_size=8, log_every=0, output_dir=f"{out}/after-peft")
+print(json.dumps({"name": "after import peft", "launcher": run["launcher"]}), flush=True)
 """
 
 
@@ -69,6 +74,15 @@ def trained(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"name"')]
     return {r["name"]: r for r in lines}
+
+
+def test_every_method_forks_through_notebook_launcher_until_peft_is_imported(trained):
+    """Nothing train() does before its workers start imports bitsandbytes (peft, transformers.optimization), so a
+    notebook keeps notebook_launcher for every method, QLoRA included; once the caller imports peft, accelerate
+    refuses to fork and the workers start as fresh processes."""
+    assert {trained[name]["launcher"] for name in METHODS} == {"notebook_launcher"}
+    assert not any(trained[name]["bitsandbytes here"] for name in METHODS)
+    assert trained["after import peft"]["launcher"] == "fresh processes"
 
 
 @pytest.mark.parametrize("name", METHODS)

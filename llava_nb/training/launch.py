@@ -139,11 +139,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(spec: TrainSpec, num_processes: int) -> None:
-    """Run ``run_worker(spec)`` in ``num_processes`` processes (or in this one).
+#: how ``launch`` started the workers (``result.json``'s ``launcher``)
+NOTEBOOK, FRESH, IN_PROCESS, LAUNCHED = "notebook_launcher", "fresh processes", "this process", "accelerate launch"
+
+
+def launch(spec: TrainSpec, num_processes: int) -> str:
+    """Run ``run_worker(spec)`` in ``num_processes`` processes (or in this one); returns how (``NOTEBOOK``, ...).
 
     ``notebook_launcher`` forks, which CUDA forbids once this process has initialised it (a notebook that already
     ran a model on the GPU, say); then the workers start as fresh processes through ``accelerate launch``.
+    Accelerate also refuses to fork once ``bitsandbytes`` is imported here, because on a GPU importing it initialises
+    CUDA (bitsandbytes' ``cuda_specs.get_compute_capabilities`` asks torch for each device's capability); peft and
+    ``transformers.optimization`` import it whenever it is installed. Nothing in this package imports either before
+    the workers start, so a notebook that trains before it imports peft keeps ``notebook_launcher``.
     """
     from accelerate.state import AcceleratorState
 
@@ -156,18 +164,18 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         deepspeed_probes_only_the_ops_it_uses()  # before this process or its forks set DeepSpeed up: see _compat
     if _in_distributed_launch():
         run_worker(spec)
-        return
+        return LAUNCHED
     if num_processes == 1 and get_method(spec.method).engine.kind != "ddp":
         # DeepSpeed and FSDP need a process group even for one process (ZeRO-3-offload on one GPU, say): a fresh
         # process under the launcher gets one, and this process (a notebook's kernel) keeps none behind
         _launch_fresh_processes(spec, 1)
-        return
+        return FRESH
     if num_processes == 1:
         try:
             run_worker(spec)
         finally:  # forget this process's Accelerator, so that a later notebook_launcher can start processes
             AcceleratorState._reset_state(reset_partial_state=True)
-        return
+        return IN_PROCESS
     deepspeed_on_gpu = torch.cuda.is_available() and deepspeed
     if (torch.cuda.is_available() and torch.cuda.is_initialized()) or AcceleratorState._shared_state \
             or "bitsandbytes" in sys.modules or deepspeed_on_gpu:
@@ -175,8 +183,11 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
         # process, and once bitsandbytes is imported (peft and transformers import it when it is installed).
         # DeepSpeed on GPUs: forked workers failed in init_process_group with "CUDA error: initialization error"
         # (2 x H200, 2026-11-28; data/gpu/engines_gpu.py), so they start fresh.
+        if "bitsandbytes" in sys.modules:
+            print("bitsandbytes is imported in this process (peft imports it), so notebook_launcher cannot fork: "
+                  "starting fresh processes (train before importing peft to keep it)", flush=True)
         _launch_fresh_processes(spec, num_processes)
-        return
+        return FRESH
     from accelerate import notebook_launcher
 
     if not torch.cuda.is_available():
@@ -192,6 +203,7 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
     elastic.setLevel(logging.CRITICAL)
     try:
         notebook_launcher(run_worker, (spec,), num_processes=num_processes, use_port=str(free_port()))
+        return NOTEBOOK
     except Exception:
         errors = list(Path(spec.output_dir).glob("error-rank*.txt"))
         if not any(msg in e.read_text() for e in errors
@@ -203,6 +215,7 @@ def launch(spec: TrainSpec, num_processes: int) -> None:
             e.unlink()
         print("notebook_launcher could not fork after CUDA was initialised; starting fresh processes instead")
         _launch_fresh_processes(spec, num_processes)
+        return FRESH
     finally:
         elastic.setLevel(level)
         forget_exits(spec)
