@@ -19,15 +19,10 @@ import argparse
 import json
 import sys
 
+from .cli_memory import compare, compare_parser, memory, memory_parser, plan, plan_parser, table as _table
 from .cli_train import Interrupted, generate, generate_parser, train, train_parser
 from .errors import LlavaNbError, TrainingError
 from .models.profiles import PROFILES, ENV_VAR
-
-
-def _table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    vwidth = max(len(v) for _, v in rows)
-    return "\n".join(f"{k:<{width}}  {v:>{vwidth}}" for k, v in rows)
 
 
 def _params(args) -> tuple[dict, str]:
@@ -35,13 +30,26 @@ def _params(args) -> tuple[dict, str]:
     from .models.specs import resolve_name
 
     name = resolve_name(args.model)
-    c = count_parameters(name, method=args.method)
+    targets = _lora_targets(args.lora_targets)
+    c = count_parameters(name, method=args.method, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+                         lora_targets=targets)
     rows = [(k, f"{v:,}") for k, v in c["breakdown"].items()]
+    share = c["trainable"] / c["total"]
     rows += [("total", f"{c['total']:,}"), (f"trainable ({args.method})", f"{c['trainable']:,}"),
-             ("trainable share", f"{c['trainable'] / c['total']:.2%}")]
+             ("trainable share", f"{share:.2%}")]
     if "adapter" in c:
         rows.insert(-2, (f"adapter (r={c['lora_r']})", f"{c['adapter']:,}"))
-    return {"model": name, **c}, f"{name}, method {args.method}\n" + _table(rows)
+    return {"model": name, **c, "trainable_share": share}, f"{name}, method {args.method}\n" + _table(rows)
+
+
+def _lora_targets(text: str | None) -> tuple[str, ...] | None:
+    """``q_proj,v_proj`` -> the LLM Linears LoRA adapts (``count_parameters`` checks the names); None: LLaVA's, all."""
+    if text is None:
+        return None
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise LlavaNbError("--lora-targets is empty: name one or more of the LLM's Linears, e.g. q_proj,v_proj")
+    return names
 
 
 def _tokens(args) -> tuple[dict, str]:
@@ -68,57 +76,6 @@ def _tokens(args) -> tuple[dict, str]:
         rows.append(("resized to", f"{side} x {side}"))
     rows.append(("image tokens", str(result["tokens"])))
     return result, f"{name}\n" + _table(rows)
-
-
-def _memory(args) -> tuple[dict, str]:
-    from dataclasses import asdict
-
-    from .memory.estimate import estimate_memory, max_micro_batch
-    from .models.image_tokens import parse_size
-    from .models.specs import resolve_name
-
-    name = resolve_name(args.model)
-    kwargs = dict(gpus=args.gpus, seq_len=args.seq_len, grad_checkpointing=not args.no_grad_checkpointing,
-                  accounting=args.accounting, image_size=parse_size(args.image_size) if args.image_size else None)
-    if args.attention != "sdpa":
-        kwargs["attention"] = args.attention
-    if args.unfreeze_vision:
-        kwargs["unfreeze_vision"] = True
-    est = estimate_memory(name, args.method, micro_batch=args.micro_batch, **kwargs)
-    fits = est.fits(args.gpu_memory, args.headroom)
-    largest = max_micro_batch(name, args.method, args.gpu_memory, args.headroom, **kwargs) \
-        if args.accounting == "measured" else None
-    result = {**asdict(est), "gpu_memory_gib": args.gpu_memory, "headroom": args.headroom, "fits": fits,
-              "max_micro_batch": largest}
-    rows = [(f"{k}{'  (transient)' if kind == 'transient' else ''}", f"{gib:8.2f} GiB") for k, gib, kind in est.table()]
-    rows += [("steady", f"{est.steady_gib:8.2f} GiB"), (f"peak ({est.peak_phase or 'model states'})",
-                                                        f"{est.peak_gib:8.2f} GiB")]
-    if est.cpu_gib:
-        rows.append(("host memory per node", f"{est.cpu_gib:8.2f} GiB"))
-    usable = args.gpu_memory * (1 - args.headroom)
-    verdict = (f"{'FITS' if fits else 'OUT OF MEMORY'}: peak {est.peak_gib:.2f} GiB vs {usable:.2f} GiB usable "
-               f"({args.gpu_memory:g} GiB less {args.headroom:.0%} headroom)")
-    head = (f"{name}, {args.method} on {args.gpus} GPU(s), micro-batch {args.micro_batch} x {args.seq_len} tokens "
-            f"({est.image_tokens} image tokens), checkpointing {'on' if est.grad_checkpointing else 'off'}, "
-            f"accounting {args.accounting}; per GPU (busiest rank):")
-    tail = [verdict]
-    if largest is not None:
-        tail.append(f"largest micro-batch that fits: {largest}")
-    return result, "\n".join([head, _table(rows), *tail])
-
-
-def _plan(args) -> tuple[dict, str]:
-    from .models.specs import resolve_name
-    from .training.plan import make_plan
-
-    plan = make_plan(resolve_name(args.model), args.method, gpus=args.gpus, gpu_memory_gib=args.gpu_memory,
-                     global_batch=args.batch_size, seq_len=args.seq_len, headroom=args.headroom,
-                     grad_checkpointing=not args.no_grad_checkpointing, micro_batch=args.micro_batch,
-                     host_memory_gib=args.host_memory)
-    if not plan.fits:
-        print(f"warning: micro-batch {plan.micro_batch} does not fit (peak {plan.peak_gib:.1f} GiB); the calculator's "
-              f"largest is {plan.largest_that_fits}", file=sys.stderr)
-    return plan.as_dict(), plan.summary()
 
 
 def _make_checkpoint(args) -> tuple[dict, str]:
@@ -194,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     tr = train_parser(sub)
     g = generate_parser(sub)
-    _memory_parser(sub)
-    _plan_parser(sub)
+    memory_parser(sub)
+    compare_parser(sub)
+    plan_parser(sub)
     _convert_parser(sub)
     mk = sub.add_parser("make-checkpoint", help="write a full-size random-weight checkpoint in the llava-hf format")
     mk.add_argument("--like", required=True, help="the model it stands in for, e.g. llava-1.5-7b")
@@ -213,50 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _params_parser(sub) -> None:
     from .methods.counts import ALIASES
     from .methods.registry import METHODS
+    from .models.params import LLAVA_LORA_R
 
     p = sub.add_parser("params", help="parameter counts of a model under a training method")
     p.add_argument("--model", required=True, help="model name or Hugging Face id, e.g. llava-1.5-7b")
     p.add_argument("--method", default="full", choices=(*ALIASES, *METHODS))
+    p.add_argument("--lora-r", type=int, default=LLAVA_LORA_R, help="adapter methods: the rank (alpha is 2 r, as LLaVA's)")
+    p.add_argument("--lora-targets", help="adapter methods: the LLM Linears adapted, e.g. q_proj,v_proj (default all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _plan_parser(sub) -> None:
-    from .memory.estimate import DEFAULT_HEADROOM, H100_80GB_GIB
-    from .methods.registry import METHODS
-
-    p = sub.add_parser("plan", help="the micro-batch and accumulation a run would use, and its predicted memory")
-    p.add_argument("--model", required=True)
-    p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--gpus", type=int, default=1)
-    p.add_argument("--gpu-memory", type=float, default=H100_80GB_GIB, help="GiB per GPU")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch (LLaVA-1.5's stage 2: 128)")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--micro-batch", type=int, help="override the calculator's choice")
-    p.add_argument("--no-grad-checkpointing", action="store_true")
-    p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM)
-    p.add_argument("--host-memory", type=float, help="GiB of RAM on each machine: offloading methods are checked")
-    p.add_argument("--json", action="store_true")
-
-
-def _memory_parser(sub) -> None:
-    from .memory.estimate import ACCOUNTINGS, DEFAULT_HEADROOM, H100_80GB_GIB
-    from .methods.registry import METHODS
-
-    m = sub.add_parser("memory", help="GPU memory of training with a method: breakdown, verdict, largest batch")
-    m.add_argument("--model", required=True)
-    m.add_argument("--method", required=True, choices=METHODS)
-    m.add_argument("--gpus", type=int, default=1)
-    m.add_argument("--micro-batch", type=int, default=1)
-    m.add_argument("--seq-len", type=int, default=2048, help="tokens per sample, image tokens included")
-    m.add_argument("--image-size", help="HEIGHTxWIDTH, v1.6 models only (sets the image tokens)")
-    m.add_argument("--no-grad-checkpointing", action="store_true")
-    m.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa", help="the attention kernel")
-    m.add_argument("--unfreeze-vision", action="store_true", help="the ViT trains too (LLaVA-1.6's recipe)")
-    m.add_argument("--gpu-memory", type=float, default=H100_80GB_GIB, help="GiB of usable memory per GPU "
-                   f"(default {H100_80GB_GIB}, an 80 GB H100)")
-    m.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM, help="fraction kept free for the allocator")
-    m.add_argument("--accounting", choices=ACCOUNTINGS, default="measured")
-    m.add_argument("--json", action="store_true")
 
 
 def main(argv=None) -> int:
@@ -274,7 +196,7 @@ def main(argv=None) -> int:
         return 0
     try:
         handler = {"params": _params, "tokens": _tokens, "train": train, "generate": generate,
-                   "regenerate": _regenerate, "memory": _memory, "plan": _plan,
+                   "regenerate": _regenerate, "memory": memory, "compare": compare, "plan": plan,
                    "make-checkpoint": _make_checkpoint, "convert": _convert}[args.command]
         result, text = handler(args)
     except LlavaNbError as err:

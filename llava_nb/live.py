@@ -1,10 +1,11 @@
-"""The book's live calculators: the command line's ``memory`` and ``tokens`` verbs, called with a page's settings.
+"""The book's live calculators: the command line's ``memory``, ``compare``, ``tokens`` and ``params`` verbs, called
+with a page's settings.
 
 In the built book, ``book/_ext/static/llava-calculator.js`` runs this module under Pyodide (Python compiled to
 WebAssembly, in the reader's browser) with the pure-Python core of ``llava_nb``, which imports no torch. Every
-result is what ``python -m llava_nb memory ... --json`` (or ``tokens``) prints for the same settings: ``run`` builds
-that command's arguments and calls the command line's own ``main``. Nothing here computes; the JavaScript only wires
-the form to ``run``.
+result is what ``python -m llava_nb memory ... --json`` (or ``compare``, ``tokens``, ``params``) prints for the same
+settings: ``run`` builds that command's arguments and calls the command line's own ``main``. Nothing here computes;
+the JavaScript only wires the form to ``run``.
 
 A calculator's controls are named after the arguments (``FIELDS``); their values arrive as strings, as typed, and
 the command line checks them, so a bad value gets the command line's own one-line error.
@@ -17,11 +18,23 @@ import io
 
 #: the settings of each calculator, in the order the page shows them
 FIELDS = {"memory": ("model", "method", "gpus", "micro_batch", "seq_len", "grad_checkpointing", "gpu_memory"),
-          "tokens": ("model", "height", "width")}
+          "compare": ("model", "gpus", "micro_batch", "seq_len", "grad_checkpointing", "gpu_memory"),
+          "tokens": ("model", "height", "width"),
+          "lora": ("model", "lora_r", "lora_targets")}
+#: the command line verb behind each calculator
+VERBS = {"memory": "memory", "compare": "compare", "tokens": "tokens", "lora": "params"}
 #: the settings a calculator starts from
 DEFAULTS = {"memory": {"model": "llava-1.5-7b", "method": "zero3", "gpus": "4", "micro_batch": "8",
                        "seq_len": "2048", "grad_checkpointing": "true", "gpu_memory": "79.18"},
-            "tokens": {"model": "llava-v1.6-mistral-7b", "height": "672", "width": "1008"}}
+            "compare": {"model": "llava-1.5-7b", "gpus": "4", "micro_batch": "1", "seq_len": "2048",
+                        "grad_checkpointing": "true", "gpu_memory": "79.18"},
+            "tokens": {"model": "llava-v1.6-mistral-7b", "height": "672", "width": "1008"},
+            "lora": {"model": "llava-1.5-7b", "lora_r": "128",
+                     "lora_targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"}}
+#: controls that hold several values (comma-separated in the settings and the URL)
+MULTIPLE = ("lora_targets",)
+#: the ranks the LoRA calculator offers
+LORA_RANKS = ("1", "2", "4", "8", "16", "32", "64", "128", "256")
 
 
 def argv(kind: str, settings: dict) -> list[str]:
@@ -32,8 +45,12 @@ def argv(kind: str, settings: dict) -> list[str]:
     s = {**DEFAULTS[kind], **{k: str(v) for k, v in settings.items() if k in FIELDS[kind]}}
     if kind == "tokens":
         return ["tokens", "--model", s["model"], "--size", f"{s['height']}x{s['width']}", "--json"]
-    args = ["memory", "--model", s["model"], "--method", s["method"], "--gpus", s["gpus"], "--micro-batch",
-            s["micro_batch"], "--seq-len", s["seq_len"], "--gpu-memory", s["gpu_memory"], "--json"]
+    if kind == "lora":
+        return ["params", "--model", s["model"], "--method", "lora", "--lora-r", s["lora_r"], "--lora-targets",
+                s["lora_targets"], "--json"]
+    method = ["--method", s["method"]] if kind == "memory" else []
+    args = [VERBS[kind], "--model", s["model"], *method, "--gpus", s["gpus"], "--micro-batch", s["micro_batch"],
+            "--seq-len", s["seq_len"], "--gpu-memory", s["gpu_memory"], "--json"]
     if s["grad_checkpointing"].lower() in ("false", "0", "off", ""):
         args.append("--no-grad-checkpointing")
     return args
@@ -59,8 +76,12 @@ def run(kind: str, settings: dict) -> dict:
 
 def choices() -> dict:
     """The options of the calculators' lists: every released model (the tiny ones read their numbers from files the
-    page does not carry) and every method."""
+    page does not carry), every method, LoRA's ranks and the LLM Linears it can adapt (``multiple``: the lists
+    that take several)."""
     from .methods.registry import METHODS
+    from .models.params import parameter_breakdown
     from .models.specs import KNOWN_MODELS
 
-    return {"model": [m for m in KNOWN_MODELS if not m.startswith("tiny-")], "method": list(METHODS)}
+    linears = dict.fromkeys(leaf for leaf, _, _ in parameter_breakdown(DEFAULTS["lora"]["model"])[2])
+    return {"model": [m for m in KNOWN_MODELS if not m.startswith("tiny-")], "method": list(METHODS),
+            "lora_r": list(LORA_RANKS), "lora_targets": list(linears), "multiple": list(MULTIPLE)}

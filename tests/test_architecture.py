@@ -10,13 +10,14 @@ from llava_nb.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "llava_nb"
 #: lowest first: a module may import its own layer and the layers before it
-LAYERS = ["_compat", "_lazy", "errors", "paths", "models", "methods", "memory", "data", "training", "viz", "lab", "cli_train", "cli", "live",
+LAYERS = ["_compat", "_lazy", "errors", "paths", "models", "methods", "memory", "data", "training", "viz", "lab", "cli_memory", "cli_train", "cli",
+          "live",
           "__main__", "__init__"]
 #: modules that must stay free of torch and transformers (the calculators, the CLI's arithmetic verbs)
 PURE = ["models/specs.py", "models/layout.py", "models/image_tokens.py", "models/params.py", "methods/registry.py",
         "methods/counts.py", "methods/deepspeed.py", "memory/shapes.py", "memory/formulas.py", "memory/estimate.py",
         "data/convert.py", "models/checkpoint_check.py", "data/lengths.py", "models/flops.py", "training/plan.py",
-        "memory/reports.py", "memory/activations.py", "memory/host.py", "live.py"]
+        "memory/reports.py", "memory/activations.py", "memory/host.py", "live.py", "cli_memory.py", "models/local.py"]
 
 
 def _imports(path: Path, top_level: bool = False) -> list[str]:

@@ -233,7 +233,8 @@ def test_chapters_with_widgets_and_math_were_checked():
 # ---------------------------------------------------------------- the live calculators (llava-calculator.js)
 
 #: the page of each live calculator
-LIVE = {"memory": "book/06_memory.html", "tokens": "book/02_versions.html"}
+LIVE = {"memory": "book/06_memory.html", "compare": "book/06_memory.html", "tokens": "book/02_versions.html",
+        "lora": "book/09_lora.html"}
 BENCH = Path(os.environ.get("LLAVA_NB_LIVE_BENCH", HTML.parent / "live_calculators.json"))
 
 _READY = """
@@ -254,7 +255,9 @@ const out = calc.querySelector('.llava-calculator-result');
 const before = Number(out.dataset.updates || 0);
 for (const [name, value] of Object.entries(settings)) {
   const el = calc.querySelector(`[name="${name}"]`);
-  if (el.type === 'checkbox') { el.checked = value === 'true'; } else { el.value = value; }
+  if (el.type === 'checkbox') { el.checked = value === 'true'; }
+  else if (el.multiple) { const want = value.split(','); for (const o of el.options) o.selected = want.includes(o.value); }
+  else { el.value = value; }
 }
 calc.querySelector('form').dispatchEvent(new Event('change', {bubbles: true}));
 (async () => {
@@ -262,7 +265,8 @@ calc.querySelector('form').dispatchEvent(new Event('change', {bubbles: true}));
     await new Promise(r => setTimeout(r, 25));
   }
   done({json: out.dataset.json ?? null, error: out.dataset.error ?? null, text: out.innerText,
-        bars: out.querySelectorAll('.llava-calculator-bars .bar').length, hash: decodeURIComponent(location.hash)});
+        bars: out.querySelectorAll('.llava-calculator-bars .bar').length, rows: out.querySelectorAll('tr').length,
+        hash: decodeURIComponent(location.hash)});
 })();
 """
 
@@ -271,7 +275,18 @@ def _random_settings(kind: str, rng) -> tuple[dict, list[str]]:
     """Settings for the page (strings) and the command line a reader would type for them."""
     from llava_nb.live import choices
 
+    from llava_nb.live import argv as live_argv
+
     models = choices()["model"]
+    if kind == "lora":
+        targets = [t for t in choices()["lora_targets"] if rng.random() < 0.5] or ["q_proj"]
+        s = {"model": rng.choice(models), "lora_r": rng.choice(choices()["lora_r"]), "lora_targets": ",".join(targets)}
+        return s, live_argv(kind, s)
+    if kind == "compare":
+        s = {"model": rng.choice(models), "gpus": str(rng.choice([1, 2, 4, 8])), "micro_batch": str(rng.randint(1, 32)),
+             "seq_len": str(rng.choice([1024, 2048, 4096])), "grad_checkpointing": rng.choice(["true", "false"]),
+             "gpu_memory": str(rng.choice([24, 40, 79.18, 140]))}
+        return s, live_argv(kind, s)
     if kind == "tokens":
         model = rng.choice([m for m in models if "v1.6" in m] + ["llava-1.5-7b"])
         h, w = rng.randint(1, 3000), rng.randint(1, 3000)
@@ -309,12 +324,19 @@ def test_live_calculator_equals_the_command_line(kind, server, browser, run_cli)
             if kind == "memory":
                 assert f"peak {result['peak_gib']:.2f} GiB" in page["text"]
                 assert page["bars"] == len(result["breakdown"])
+            elif kind == "compare":
+                assert page["rows"] == len(result["methods"])
+                assert page["bars"] == sum(len(m["breakdown"]) for m in result["methods"].values())
+                assert all(f"peak {m['peak_gib']:.2f} GiB" in page["text"] for m in result["methods"].values())
+            elif kind == "lora":
+                assert f"{result['adapter']:,} adapter parameters (r = {result['lora_r']}" in page["text"]
             else:
                 assert f"{result['tokens']} image tokens" in page["text"]
         else:
             assert page["json"] is None and page["error"] == err and err in page["text"], (settings, page, err)
         assert all(f"{kind}.{k}={v}" in page["hash"] for k, v in settings.items()), page["hash"]
-    bad = {"memory": {"micro_batch": "0"}, "tokens": {"height": "0"}}[kind]
+    bad = {"memory": {"micro_batch": "0"}, "compare": {"micro_batch": "0"}, "tokens": {"height": "0"},
+           "lora": {"lora_targets": ""}}[kind]
     page = browser.execute_async_script(_SET, kind, bad)
     assert page["json"] is None and page["error"].startswith("error:") and page["error"] in page["text"], page
     # a link to a configuration: the fragment sets the controls

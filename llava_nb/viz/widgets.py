@@ -140,21 +140,18 @@ def comparison_widget(model="llava-1.5-7b", gpus=4, micro_batch=1, seq_len=2048,
 
 def lora_summary(model="llava-1.5-7b", r: int = 128, targets=None, alpha: int | None = None) -> dict:
     """LoRA on the LLM's Linears named in ``targets`` (default: all seven, LLaVA's recipe) at rank ``r``: adapter
-    parameters, with the projector trained in full as LLaVA does, the trainable share, and the adapter file's size in
-    bf16 (the projector included)."""
-    from ..models.architectures import build_model
-    from ..methods.lora import LLM_TARGETS, lora_parameter_counts
-    from ..models.params import model_parts
+    parameters, with the projector trained in full as LLaVA does, the trainable share of the base model, and the
+    adapter file's size in bf16 (the projector included). The numbers are ``python -m llava_nb params --method lora``'s
+    (``methods.counts.count_parameters``), which the book's live calculator shows too."""
+    from ..methods.counts import count_parameters
+    from ..methods.lora import LLM_TARGETS
 
     targets = tuple(targets or LLM_TARGETS)
-    net = build_model(as_config(model), device="meta")
-    counts = lora_parameter_counts(net, r, targets=targets, within="language_model")
-    projector = sum(p.numel() for p in model_parts(net)["projector"].parameters())
-    trainable = counts["adapter"] + projector
+    c = count_parameters(model, "lora", lora_r=r, lora_targets=targets)
     return {"rank r": r, "alpha (LLaVA: 2 r)": alpha or 2 * r, "targets": ", ".join(targets),
-            "adapter parameters": counts["adapter"], "projector parameters (trained in full)": projector,
-            "trainable share of the model": trainable / (counts["base"] + counts["adapter"]),
-            "adapter file, bf16 (MB)": 2 * trainable / 1e6}
+            "adapter parameters": c["adapter"], "projector parameters (trained in full)": c["breakdown"]["projector"],
+            "trainable share of the model": c["trainable"] / c["total"],
+            "adapter file, bf16 (MB)": 2 * c["trainable"] / 1e6}
 
 
 def lora_widget(model="llava-1.5-7b"):

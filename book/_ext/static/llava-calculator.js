@@ -1,15 +1,16 @@
 // The book's live calculators: Pyodide (vendored, loaded once per page) runs llava_nb's pure-Python core, and
-// llava_nb.live.run() returns what `python -m llava_nb memory|tokens ... --json` prints. This file holds no formula:
-// it draws the form, passes its values to Python and shows what comes back.
+// llava_nb.live.run() returns what `python -m llava_nb memory|compare|tokens|params ... --json` prints. This file
+// holds no formula: it draws the form, passes its values to Python and shows what comes back.
 //
-// Hooks: <div class="llava-calculator" data-kind="memory|tokens">; controls named after the arguments; the result
+// Hooks: <div class="llava-calculator" data-kind="memory|compare|tokens|lora">; controls named after the arguments
+// (a list of several values, such as lora_targets, is comma-separated); the result
 // element .llava-calculator-result carries data-json (the command line's JSON) or data-error (its one-line error);
 // the settings live in the URL fragment: #llava:memory.gpus=4&tokens.height=672 ...
 const STATIC = new URL(".", import.meta.url);
 const VENDOR = new URL("vendor/", STATIC);
 const LABELS = {model: "model", method: "method", gpus: "GPUs", micro_batch: "micro-batch", seq_len: "tokens per sample",
   grad_checkpointing: "gradient checkpointing", gpu_memory: "GiB per GPU", height: "image height (px)",
-  width: "image width (px)"};
+  width: "image width (px)", lora_r: "rank r", lora_targets: "adapted Linears"};
 let python = null;
 
 function loadPython() {
@@ -45,18 +46,28 @@ function writeFragment() {
 function settingsOf(calc) {
   const settings = {};
   for (const el of calc.querySelectorAll("[name]")) {
-    settings[el.name] = el.type === "checkbox" ? String(el.checked) : el.value;
+    settings[el.name] = el.type === "checkbox" ? String(el.checked)
+      : el.multiple ? Array.from(el.selectedOptions, (o) => o.value).join(",") : el.value;
   }
   return settings;
 }
 
-function control(name, value, options) {
+function control(name, value, options, multiple) {
   const label = document.createElement("label");
   label.textContent = LABELS[name] ?? name;
   let el;
   if (options) {
     el = document.createElement("select");
     for (const option of options) el.add(new Option(option, option));
+    if (multiple) {
+      el.multiple = true;
+      el.size = options.length;
+      const chosen = value.split(",");
+      for (const option of el.options) option.selected = chosen.includes(option.value);
+      el.name = name;
+      label.append(el);
+      return label;
+    }
   } else if (name === "grad_checkpointing") {
     el = document.createElement("input");
     el.type = "checkbox";
@@ -79,9 +90,13 @@ function showMemory(out, r) {
   line.textContent = `${r.fits ? "Fits" : "Out of memory"}: peak ${gib(r.peak_gib)} (${r.peak_phase || "model states"}), ` +
     `steady ${gib(r.steady_gib)} per GPU of ${r.gpu_memory_gib} GiB with ${Math.round(r.headroom * 100)}% kept free; ` +
     `largest micro-batch that fits: ${r.max_micro_batch}` + (r.cpu_gib ? `; host memory ${gib(r.cpu_gib)} per node` : "");
+  out.append(line, bars(r, Math.max(r.peak_gib, r.gpu_memory_gib)));
+}
+
+// One method's memory as a bar of its parts (hatched: transient), with the card's memory as a line.
+function bars(r, total) {
   const chart = document.createElement("div");
   chart.className = "llava-calculator-bars";
-  const total = Math.max(r.peak_gib, r.gpu_memory_gib);
   for (const [name, bytes] of Object.entries(r.breakdown)) {
     const bar = document.createElement("div");
     bar.className = r.transient.includes(name) ? "bar transient" : "bar";
@@ -94,8 +109,34 @@ function showMemory(out, r) {
   limit.className = "limit";
   limit.style.left = `${(100 * r.gpu_memory_gib / total).toFixed(2)}%`;
   chart.append(limit);
-  out.append(line, chart);
+  return chart;
 }
+
+function showCompare(out, r) {
+  const results = Object.values(r.methods);
+  const total = Math.max(...results.map((m) => Math.max(m.peak_gib, m.gpu_memory_gib)));
+  const table = document.createElement("table");
+  table.className = "llava-calculator-compare";
+  for (const [method, m] of Object.entries(r.methods)) {
+    const row = table.insertRow();
+    row.dataset.method = method;
+    row.insertCell().textContent = method;
+    row.insertCell().textContent = `peak ${gib(m.peak_gib)}, steady ${gib(m.steady_gib)}: ` +
+      `${m.fits ? "fits" : "out of memory"}, largest micro-batch ${m.max_micro_batch}`;
+    row.insertCell().append(bars(m, total));
+  }
+  out.append(table);
+}
+
+function showLora(out, r) {
+  const line = document.createElement("p");
+  line.textContent = `${r.adapter.toLocaleString("en")} adapter parameters (r = ${r.lora_r} on ${r.lora_targets.join(", ")}); ` +
+    `trained with the projector: ${r.trainable.toLocaleString("en")} of ${r.total.toLocaleString("en")} ` +
+    `(${(100 * r.trainable_share).toFixed(2)}%)`;
+  out.append(line);
+}
+
+const SHOW = {memory: showMemory, compare: showCompare, tokens: showTokens, lora: showLora};
 
 function showTokens(out, r) {
   const line = document.createElement("p");
@@ -115,7 +156,7 @@ async function update(calc) {
   if (r.rc === 0) {
     out.dataset.json = r.json;
     delete out.dataset.error;
-    (kind === "memory" ? showMemory : showTokens)(out, JSON.parse(r.json));
+    SHOW[kind](out, JSON.parse(r.json));
   } else {
     delete out.dataset.json;
     out.dataset.error = r.error;
@@ -138,7 +179,7 @@ async function setUp(calc) {
   form.className = "llava-calculator-form";
   for (const name of Object.keys(defaults)) {
     const value = given.get(`${kind}.${name}`) ?? calc.dataset[name] ?? defaults[name];
-    form.append(control(name, value, choices[name]));
+    form.append(control(name, value, choices[name], choices.multiple.includes(name)));
   }
   const out = document.createElement("div");
   out.className = "llava-calculator-result";
