@@ -13,6 +13,14 @@ CHAPTERS := $(sort $(wildcard book/*.ipynb))
 EXECUTED := build/executed
 
 export LLAVA_NB_PROFILE := $(PROFILE)
+# WHEELS=DIR installs offline, from the wheels (and DeepSpeed's sdist) in DIR: pip reads these two variables
+ifdef WHEELS
+export PIP_NO_INDEX := 1
+export PIP_FIND_LINKS := $(abspath $(WHEELS))
+endif
+# The tiny profile is the CPU profile: its chapters run with every GPU hidden, the same test on any machine (a
+# chapter's two CPU processes would otherwise ask for two GPUs). The full profile's chapters use the GPUs.
+CHAPTER_GPUS := $(if $(filter tiny,$(PROFILE)),CUDA_VISIBLE_DEVICES=,)
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
@@ -56,7 +64,7 @@ $(STAMP): pyproject.toml constraints.txt
 # (_build/.jupyter_cache) also holds the chapters `make test` (notebooks) executed: after it, only chapters whose code
 # changed since are executed again.
 book: venv
-	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+	$(CHAPTER_GPUS) $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 
 # Unit tests; every chapter under nbmake; the HTML book built from the chapters nbmake has just executed (each runs
 # once); then every page of that book checked in headless Chromium, offline (skipped without Chromium, see README).
@@ -73,11 +81,11 @@ unit: venv
 # every chapter that ran to its end goes into Jupyter Book's execution cache, for `make book` (even when another failed).
 notebooks: venv
 	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
-	$(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
+	$(CHAPTER_GPUS) $(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
 		status=$$?; $(PY) book/_ext/book_build.py cache $(EXECUTED) && exit $$status
 
 built-book: venv
-	$(VENV)/bin/jupyter-book build $(EXECUTED) --warningiserror --nitpick --keep-going
+	$(CHAPTER_GPUS) $(VENV)/bin/jupyter-book build $(EXECUTED) --warningiserror --nitpick --keep-going
 
 browser: venv
 	LLAVA_NB_BUILT_BOOK=$(EXECUTED)/_build/html $(PY) -m pytest -q -p no:cacheprovider tests/test_built_book.py
