@@ -51,3 +51,16 @@ def test_a_few_real_steps_of_each_method_on_gpus(method, stage1, tmp_path):
     assert m["tokens"] > 0 and m["tokens_per_s"] > 0
     if peak_tflops(m["device_name"]):
         assert 0 < m["mfu"] < 1
+
+
+def test_importing_bitsandbytes_initialises_cuda_and_forbids_fork():
+    """Why a notebook must launch before it imports peft: on a GPU, ``import bitsandbytes`` (which peft and
+    ``transformers.optimization`` do) initialises CUDA in the importing process, and accelerate's notebook_launcher
+    refuses to fork from then on (``training.launch``; the LoRA chapter). Nothing in train() imports it first."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; before = torch.cuda.is_initialized(); import peft; "
+            "print(before, 'bitsandbytes' in sys.modules, torch.cuda.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"]
