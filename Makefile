@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@if [ "$(TORCH)" = system ]; then \
 		site=$$($(PYTHON) -c "import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))") || \
 		{ echo "TORCH=system needs torch importable from PYTHON=$(PYTHON)"; exit 1; }; \
-		version=$$($(PYTHON) -c "import torch; print(torch.__version__)"); \
+		version=$$($(PYTHON) -c "import importlib.metadata as m; print(m.version('torch'))"); \
 		echo "using the installed torch $$version from $$site"; \
 		test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 		echo "$$site" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_system_torch.pth"; \

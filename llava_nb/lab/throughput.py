@@ -209,7 +209,9 @@ def cpu_step_profile(model, batch: dict, bf16: bool, steps: int = 20, warmup: in
         if i >= warmup:
             times.append(time.perf_counter() - start)
     profiled = 5
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    # acc_events: one cycle here either way; said explicitly, torch 2.11's profiler does not warn that it clears
+    # events between cycles (a UserWarning, an error under the test suite's warnings-as-errors)
+    with profile(activities=[ProfilerActivity.CPU], acc_events=True) as prof:
         for _ in range(profiled):
             step()
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]

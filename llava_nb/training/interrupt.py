@@ -22,8 +22,8 @@ import torch
 
 
 class StopRequest:
-    """Notes SIGINT and SIGTERM while a run trains (in the main thread; elsewhere Python cannot catch signals), and
-    restores the previous handlers afterwards."""
+    """Notes SIGINT and SIGTERM while a run trains and until its result is written (in the main thread; elsewhere
+    Python cannot catch signals), and restores the previous handlers afterwards."""
 
     def __init__(self):
         self.requested = False

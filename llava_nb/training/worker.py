@@ -115,9 +115,22 @@ def _run_worker(spec: TrainSpec) -> None:
         note = change_lr(scheduler, fresh, cfg.lr, cfg.resume_lr) if cfg.resume_lr else None
         if note and accelerator.is_main_process:
             print(note, flush=True)
+    from .interrupt import StopRequest
+
+    # From the first step until the result is written: a Ctrl-C or SIGTERM only takes note. A launcher may pass the
+    # terminal's signal on after the loop has stopped (torch 2.11's elastic agent did, on 2 CPU processes), and a
+    # signal then must not break the checkpoint, the final save or result.json.
+    with StopRequest() as stop:
+        states, measured = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total,
+                                       params, Path(spec.output_dir), stop)
+        _finish_run(spec, cfg, method, accelerator, model, progress, states, measured, total, micro, accum, attention,
+                    trainable, quantized, template, tokenizer, image_processor, start)
+
+
+def _finish_run(spec, cfg, method, accelerator, model, progress, states, measured, total, micro, accum, attention,
+                trainable, quantized, template, tokenizer, image_processor, start) -> None:
+    """The run's result (``result.json``), then the final save and evaluation (``finish``)."""
     config = accelerator.unwrap_model(model).config
-    states, measured = _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total, params,
-                                   Path(spec.output_dir))
     if measured.get("device_name"):  # on GPUs: model FLOPs utilisation (models.flops)
         from ..models.flops import mfu
 
@@ -208,50 +221,48 @@ def _loader(dataset, micro: int, world: int, accum: int, cfg, seed: int, tokeniz
 
 
 def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total: int, params,
-                out: Path) -> tuple[dict | None, dict]:
+                out: Path, stop) -> tuple[dict | None, dict]:
     """Optimizer steps until ``total`` (or ``stop_after``, or a Ctrl-C: ``interrupt``, which sets
     ``progress.interrupted``); returns the states' dtypes read at the first step and what the run measured
     (``meter.Meter``: memory per rank, tokens per second)."""
     from ..data.dataset import check_batch
     from ..methods.probe import StateProbe
-    from .interrupt import StopRequest
     from .meter import Meter
 
     probe, meter = StateProbe(model, optimizer), Meter(accelerator.device)
     micro_done = progress.step * accelerator.gradient_accumulation_steps
     model.train()
     first, done = True, False
-    with StopRequest() as stop:
-        while progress.step < total and not done:
-            epoch, skip = divmod(micro_done, len(loader))
-            loader.set_epoch(epoch)
-            for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-                if first:
-                    check_batch(batch, accelerator.unwrap_model(model).config)
-                    first = False
-                meter.batch(batch)
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    # DeepSpeed clips inside its step, at its config's gradient_clipping (max_grad_norm, set by
-                    # methods.deepspeed); Accelerate's clip_grad_norm_ only reads the engine's norm there
-                    if cfg.max_grad_norm and accelerator.sync_gradients and not _deepspeed(accelerator):
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                micro_done += 1
-                if not accelerator.sync_gradients:
-                    continue
-                _after_step(accelerator, scheduler, progress, loss, cfg, total, out)
-                meter.step_done()
-                if stop.agreed(accelerator):  # Ctrl-C or SIGTERM: save this step, if the run saves, and end
-                    progress.interrupted = True
-                    if cfg.save_every and progress.step % cfg.save_every:
-                        _save_checkpoint(accelerator, progress, cfg, out)
-                done = progress.interrupted or progress.step >= total or bool(
-                    cfg.stop_after and progress.step >= cfg.stop_after)
-                if done:
-                    break
+    while progress.step < total and not done:
+        epoch, skip = divmod(micro_done, len(loader))
+        loader.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            if first:
+                check_batch(batch, accelerator.unwrap_model(model).config)
+                first = False
+            meter.batch(batch)
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                # DeepSpeed clips inside its step, at its config's gradient_clipping (max_grad_norm, set by
+                # methods.deepspeed); Accelerate's clip_grad_norm_ only reads the engine's norm there
+                if cfg.max_grad_norm and accelerator.sync_gradients and not _deepspeed(accelerator):
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_done += 1
+            if not accelerator.sync_gradients:
+                continue
+            _after_step(accelerator, scheduler, progress, loss, cfg, total, out)
+            meter.step_done()
+            if stop.agreed(accelerator):  # Ctrl-C or SIGTERM: save this step, if the run saves, and end
+                progress.interrupted = True
+                if cfg.save_every and progress.step % cfg.save_every:
+                    _save_checkpoint(accelerator, progress, cfg, out)
+            done = progress.interrupted or progress.step >= total or bool(
+                cfg.stop_after and progress.step >= cfg.stop_after)
+            if done:
+                break
     accelerator.wait_for_everyone()
     return probe.read(), meter.read(accelerator.num_processes)
 
