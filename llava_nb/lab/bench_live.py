@@ -22,7 +22,8 @@ from pathlib import Path
 from ..paths import BENCHMARKS_DIR, REPO_ROOT
 from .bench import machine
 
-PAGES = {"memory": "book/06_memory.html", "tokens": "book/02_versions.html"}
+#: a page per calculator (the memory chapter's page also holds the comparison, which the same load starts)
+PAGES = {"memory": "book/06_memory.html", "tokens": "book/02_versions.html", "lora": "book/09_lora.html"}
 BUDGET_MS = 5000
 _FIRST_RESULT = """
 const done = arguments[arguments.length - 1];
