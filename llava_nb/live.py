@@ -21,8 +21,6 @@ FIELDS = {"memory": ("model", "method", "gpus", "micro_batch", "seq_len", "grad_
           "compare": ("model", "gpus", "micro_batch", "seq_len", "grad_checkpointing", "gpu_memory"),
           "tokens": ("model", "height", "width"),
           "lora": ("model", "lora_r", "lora_targets")}
-#: the command line verb behind each calculator
-VERBS = {"memory": "memory", "compare": "compare", "tokens": "tokens", "lora": "params"}
 #: the settings a calculator starts from
 DEFAULTS = {"memory": {"model": "llava-1.5-7b", "method": "zero3", "gpus": "4", "micro_batch": "8",
                        "seq_len": "2048", "grad_checkpointing": "true", "gpu_memory": "79.18"},
@@ -48,8 +46,8 @@ def argv(kind: str, settings: dict) -> list[str]:
     if kind == "lora":
         return ["params", "--model", s["model"], "--method", "lora", "--lora-r", s["lora_r"], "--lora-targets",
                 s["lora_targets"], "--json"]
-    method = ["--method", s["method"]] if kind == "memory" else []
-    args = [VERBS[kind], "--model", s["model"], *method, "--gpus", s["gpus"], "--micro-batch", s["micro_batch"],
+    method = ["--method", s["method"]] if kind == "memory" else []  # memory and compare: verbs named as the kinds
+    args = [kind, "--model", s["model"], *method, "--gpus", s["gpus"], "--micro-batch", s["micro_batch"],
             "--seq-len", s["seq_len"], "--gpu-memory", s["gpu_memory"], "--json"]
     if s["grad_checkpointing"].lower() in ("false", "0", "off", ""):
         args.append("--no-grad-checkpointing")
