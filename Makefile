@@ -1,6 +1,7 @@
 # Two commands do all set-up:  `make book`  and  `make test`.
 #   make TORCH=system book   keeps the torch already installed in $(PYTHON) (e.g. a CUDA build)
-#   make PROFILE=full book   runs the chapters on real checkpoints (GPUs, network for the weights)
+#   make PROFILE=full book   runs the chapters on real checkpoints (GPUs; the weights from the Hub, or from
+#                            LLAVA_NB_CHECKPOINTS=DIR: see the "Running on GPUs" page); PROFILE=full test likewise
 
 PYTHON  ?= python3
 TORCH   ?= pinned
@@ -9,8 +10,10 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(TORCH)
 CHAPTERS := $(sort $(wildcard book/*.ipynb))
-# not under _build: nbmake skips every notebook whose path has a _build folder
-EXECUTED := build/executed
+# not under _build: nbmake skips every notebook whose path has a _build folder. Each profile executes into its own
+# folder, and only the tiny profile's chapters go into Jupyter Book's cache (whose key is a chapter's code, whatever
+# the profile): a full-profile run never shows up in the tiny book, nor the other way round.
+EXECUTED := build/executed$(if $(filter tiny,$(PROFILE)),,-$(PROFILE))
 
 export LLAVA_NB_PROFILE := $(PROFILE)
 # WHEELS=DIR installs offline, from the wheels (and DeepSpeed's sdist) in DIR: pip reads these two variables
@@ -64,7 +67,11 @@ $(STAMP): pyproject.toml constraints.txt
 # (_build/.jupyter_cache) also holds the chapters `make test` (notebooks) executed: after it, only chapters whose code
 # changed since are executed again.
 book: venv
+ifeq ($(PROFILE),tiny)
 	$(CHAPTER_GPUS) $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+else
+	$(MAKE) notebooks built-book  # its own execution into $(EXECUTED), the HTML in $(EXECUTED)/_build/html
+endif
 
 # Unit tests; every chapter under nbmake; the HTML book built from the chapters nbmake has just executed (each runs
 # once); then every page of that book checked in headless Chromium, offline (skipped without Chromium, see README).
@@ -82,7 +89,7 @@ unit: venv
 notebooks: venv
 	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
 	$(CHAPTER_GPUS) $(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
-		status=$$?; $(PY) book/_ext/book_build.py cache $(EXECUTED) && exit $$status
+		status=$$?; $(if $(filter tiny,$(PROFILE)),$(PY) book/_ext/book_build.py cache $(EXECUTED) && ,)exit $$status
 
 built-book: venv
 	$(CHAPTER_GPUS) $(VENV)/bin/jupyter-book build $(EXECUTED) --warningiserror --nitpick --keep-going

@@ -45,6 +45,7 @@ _EXPORTS = {
     "load_tokenizer": "llava_nb.models.tokenizer",
     "trace_forward": "llava_nb.models.tracing",
     "train": "llava_nb.training.api",
+    "device_for_ranks": "llava_nb.training.launch",
     "get_method": "llava_nb.methods.registry",
     "inference": "llava_nb.training.inference",
 }

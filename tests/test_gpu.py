@@ -64,3 +64,28 @@ def test_importing_bitsandbytes_initialises_cuda_and_forbids_fork():
             "print(before, 'bitsandbytes' in sys.modules, torch.cuda.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True", "True"]
+
+
+def test_two_ranks_on_fewer_gpus_run_as_cpu_processes():
+    """On a machine with fewer than two GPUs, device_for_ranks(2) hides them, and a two-process train() then runs
+    as CPU processes (the chapters on ZeRO and FSDP do this); with two or more, the processes get one GPU each."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, torch, llava_nb; device = llava_nb.device_for_ranks(2); "
+            "r = llava_nb.train('tiny-llava-1.5', 1, num_processes=2, max_steps=2, batch_size=4, log_every=0, "
+            "n_images=32, n_test=4, output_dir=sys.argv[1]); "
+            "print(json.dumps([device, torch.cuda.device_count(), r['device'], r['num_processes']]))")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, "-c", "import sys; " + code, tmp], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    device, seen, ran_on, processes = json.loads(out.stdout.strip().splitlines()[-1])
+    gpus = torch.cuda.device_count()
+    assert processes == 2
+    if gpus >= 2:
+        assert (device, seen) == ("cuda", gpus) and ran_on.startswith("cuda")
+    else:
+        assert (device, seen) == ("cpu", 0) and ran_on == "cpu"

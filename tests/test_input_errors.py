@@ -72,3 +72,27 @@ def test_more_processes_than_gpus_is_refused_before_anything_starts(monkeypatch)
 def test_a_parameter_count_may_be_written_as_a_float():
     assert estimate_memory(7.5e9, "zero3", accounting="paper").peak_gib == \
         estimate_memory(7_500_000_000, "zero3", accounting="paper").peak_gib
+
+
+def test_two_ranks_on_a_one_gpu_machine_become_cpu_processes(monkeypatch):
+    """device_for_ranks: enough GPUs -> "cuda"; too few -> the GPUs hidden (the variable torch's NVML count reads);
+    too few after CUDA was initialised -> an error that says to restart. tests/test_gpu.py checks it on a real GPU."""
+    import os
+
+    import torch
+
+    from llava_nb.errors import LlavaNbError
+    from llava_nb.training.launch import device_for_ranks
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    visible = lambda: os.environ.get("CUDA_VISIBLE_DEVICES") != ""  # noqa: E731 - NVML's count, as torch reads it
+    monkeypatch.setattr(torch.cuda, "is_available", visible)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 if visible() else 0)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert device_for_ranks(1) == "cuda" and "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(LlavaNbError, match="2 processes need 2 GPUs .* has 1 GPU.*restart the kernel"):
+        device_for_ranks(2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert device_for_ranks(2) == "cpu" and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert device_for_ranks(2) == "cpu"  # hidden already: a CPU machine now

@@ -35,6 +35,15 @@ def test_names_and_hub_ids_resolve_to_the_local_folder(checkpoints, monkeypatch)
     assert resolve(folder) == folder and resolve("tiny-llava-1.5") == "tiny-llava-1.5"
 
 
+def test_a_standin_says_so_wherever_it_is_named(checkpoints, monkeypatch, tmp_path):
+    """The chapters print no accuracies or answers of random weights: is_standin tells them apart."""
+    from llava_nb.models.standin import is_standin
+
+    monkeypatch.setenv(ENV_VAR, str(checkpoints))
+    assert is_standin(HUB) and is_standin("llava-1.5-7b") and is_standin(checkpoints / "llava-hf" / "llava-1.5-7b-hf")
+    assert not is_standin(tmp_path) and not is_standin("tiny-llava-1.5")
+
+
 def test_the_full_profile_loads_the_local_checkpoint(checkpoints, monkeypatch):
     from llava_nb.models.profiles import model_and_processor
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 #: the sub-commands, each a module of this package named after the data file it writes
-EXPERIMENTS = ("activations_gpu", "engines_gpu", "host_gpu", "memory_gpu", "paged_probe", "peft_gpu", "sweep_compute",
+EXPERIMENTS = ("activations_gpu", "chapters_gpu", "engines_gpu", "host_gpu", "memory_gpu", "paged_probe", "peft_gpu", "sweep_compute",
                "sweep_data", "sweep_recipe", "sweep_stage2", "tiny_pipeline_gpus", "train_full")
 
 

@@ -26,6 +26,8 @@ from .templates import IMAGE_TOKEN, VICUNA_SYSTEM
 #: the models a stand-in is made for (those with a public llava-hf checkpoint to stand in for)
 STANDINS = ("llava-1.5-7b", "llava-1.5-13b", "llava-v1.6-mistral-7b", "llava-v1.6-vicuna-7b", "llava-v1.6-vicuna-13b")
 PAD_TOKEN = "<pad>"
+#: the file that marks a folder as a stand-in (what it stands in for, the seed, "weights": "random")
+MARKER = "llava_nb_standin.json"
 #: a message's content, a string or a list of image and text items (the processors' chat format)
 _CONTENT = ("{% if message['content'] is string %}{{ message['content'] }}{% else %}"
             "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
@@ -39,6 +41,15 @@ VICUNA_CHAT_TEMPLATE = (
 MISTRAL_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] " + _CONTENT
     + " [/INST]{% else %}{% generation %}" + _CONTENT + "</s>{% endgeneration %}{% endif %}{% endfor %}")
+
+
+def is_standin(source: str | Path) -> bool:
+    """Whether ``source`` (a folder, or a known name or Hub id read through ``LLAVA_NB_CHECKPOINTS``) is a stand-in
+    written by ``make-checkpoint``. Its weights are random: what it generates, and any accuracy, is noise."""
+    from .local import resolve
+
+    folder = Path(resolve(str(source)))
+    return (folder / MARKER).is_file()
 
 
 def check_standin(like: str, out: Path | str) -> tuple[str, Path]:
@@ -81,7 +92,7 @@ def write_standin(spec, out: Path, seed: int = 0, device: str | None = None) -> 
     model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
     del model
     standin_processor(config).save_pretrained(tmp)
-    (tmp / "llava_nb_standin.json").write_text(json.dumps({"like": spec.llava_nb_name, "seed": seed,
+    (tmp / MARKER).write_text(json.dumps({"like": spec.llava_nb_name, "seed": seed,
                                                             "weights": "random"}) + "\n")
     check_checkpoint(tmp)  # what train() checks first: a stand-in passes it, as a real llava-hf checkpoint does
     if out.exists():

@@ -48,6 +48,26 @@ def default_num_processes() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 2
 
 
+def device_for_ranks(ranks: int) -> str:
+    """Where a demonstration with ``ranks`` processes runs: ``"cuda"`` where this machine has that many GPUs, else
+    ``"cpu"``: every GPU is then hidden from this process and from the processes it starts
+    (``CUDA_VISIBLE_DEVICES=""``), which become CPU processes over gloo. A one-GPU machine thus still shows two ranks
+    sharding a model. Hiding works only before this process initialises CUDA: until then torch counts the GPUs
+    through NVML, which reads the variable on every call (``PYTORCH_NVML_BASED_CUDA_CHECK``, set by ``llava_nb``)."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    gpus = torch.cuda.device_count()
+    if gpus >= ranks:
+        return "cuda"
+    if torch.cuda.is_initialized():
+        raise LlavaNbError(f"{ranks} processes need {ranks} GPUs or CPU processes; this machine has {gpus} GPU(s) "
+                           "and CUDA is already initialised here, so they can no longer be hidden: restart the kernel "
+                           "and run the chapter from the top")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    assert not torch.cuda.is_available(), "torch still sees a GPU after CUDA_VISIBLE_DEVICES=''"
+    return "cpu"
+
+
 def check_gpus(num_processes: int) -> None:
     """On a machine with GPUs each process takes one (NCCL refuses two ranks on one device, "Duplicate GPU
     detected", after the model has loaded): more processes than GPUs is an error here, before anything starts. Not

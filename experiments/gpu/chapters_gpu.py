@@ -1,0 +1,138 @@
+"""Every chapter executed under the full profile on the GPUs (data/gpu/chapters_gpu.jsonl).
+
+As ``make PROFILE=full notebooks`` runs them, each chapter runs alone under ``pytest --nbmake`` (a fresh kernel, every cell, a 600 s limit per cell), with
+``LLAVA_NB_PROFILE=full`` and every GPU visible. The full profile's checkpoints are read from
+``LLAVA_NB_CHECKPOINTS``; ``--standins`` first writes random-weight stand-ins there with ``make-checkpoint`` for
+each model the full profile names, so that no download is needed::
+
+    python -m experiments.gpu chapters_gpu --standins --checkpoints /tmp/ckpt --chapters 01,02 --out $OUT/c.jsonl
+
+A record per chapter: pass or fail (and the end of the failure), wall time, the GPU count, and the peak memory
+used on each GPU while the chapter ran (``nvidia-smi``'s ``memory.used``, sampled every 0.2 s: it includes each
+process's CUDA context, so it is what the GPU had in use, not the allocator's figure). Resumable: a chapter already
+recorded as passed for this GPU count, in data/gpu/chapters_gpu.jsonl or ``--out``, is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .common import ENV, GPU_DIR, REPO_ROOT, append
+
+DONE = GPU_DIR / "chapters_gpu.jsonl"
+KEY = ("chapter", "gpus", "profile")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--chapters", help="comma-separated chapter prefixes, e.g. 01,04 (default: every chapter)")
+    p.add_argument("--checkpoints", required=True, help="the LLAVA_NB_CHECKPOINTS folder")
+    p.add_argument("--standins", action="store_true", help="write a stand-in for each full-profile model missing there")
+    p.add_argument("--budget", type=float, default=540, help="seconds: start no chapter after this")
+    p.add_argument("--out", required=True, help="JSON-lines file the new records are appended to")
+
+
+class GpuMemory:
+    """The peak of ``nvidia-smi``'s memory.used per GPU (GiB) while the ``with`` block runs."""
+
+    def __init__(self, every: float = 0.2):
+        self.every, self.peak, self._stop = every, [], threading.Event()
+
+    def _sample(self) -> list[float]:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True).stdout
+        return [float(x) / 1024 for x in out.split()]
+
+    def _loop(self) -> None:
+        import shutil
+
+        while shutil.which("nvidia-smi") and not self._stop.is_set():
+            now = self._sample()
+            self.peak = [max(a, b) for a, b in zip(self.peak, now)] if self.peak else now
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _standins(root: Path) -> list[str]:
+    """Write (once) a stand-in for every model the full profile uses that has a public checkpoint; their names."""
+    from llava_nb.models.local import local_path
+    from llava_nb.models.profiles import PROFILE_MODELS
+    from llava_nb.models.specs import hub_id
+
+    made = []
+    for name in sorted(set(PROFILE_MODELS["full"].values())):
+        hub = hub_id(name)
+        if hub is None:
+            continue
+        folder = local_path(hub, root)
+        if not (folder / "config.json").exists():
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "llava_nb", "make-checkpoint", "--like", name, "--out", str(folder)],
+                           check=True, env={**os.environ, **ENV})
+            print(f"make-checkpoint {name}: {time.perf_counter() - began:.0f} s", flush=True)
+        made.append(name)
+    return made
+
+
+def _execute(chapter: Path, env: dict) -> tuple[int, str, float]:
+    """``pytest --nbmake`` on one chapter: (exit code, the end of its output, seconds)."""
+    began = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbmake", "--nbmake-timeout=600",
+                           "-p", "no:cacheprovider", str(chapter)], capture_output=True, text=True, env=env,
+                          cwd=REPO_ROOT)
+    return proc.returncode, (proc.stdout + proc.stderr)[-4000:], time.perf_counter() - began
+
+
+def main(a) -> None:
+    import torch
+
+    from llava_nb.lab.harness import versions
+
+    out, gpus = Path(a.out), torch.cuda.device_count()
+    root = Path(a.checkpoints)
+    standins = _standins(root) if a.standins else []
+    skip = {k for k in _passed(DONE, out)}
+    wanted = [p.strip() for p in a.chapters.split(",")] if a.chapters else None
+    chapters = [c for c in sorted((REPO_ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+                if wanted is None or c.name[:2] in wanted]
+    env = {**os.environ, **ENV, "LLAVA_NB_PROFILE": "full", "LLAVA_NB_CHECKPOINTS": str(root),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    start = time.perf_counter()
+    for chapter in chapters:
+        if (chapter.stem, gpus, "full") in skip:
+            continue
+        if time.perf_counter() - start > a.budget:
+            print(f"budget spent: {chapter.stem} and after left for the next call", flush=True)
+            break
+        with GpuMemory() as memory:
+            code, tail, seconds = _execute(chapter, env)
+        record = {"chapter": chapter.stem, "profile": "full", "gpus": gpus, "passed": code == 0,
+                  "seconds": round(seconds, 1), "peak_gpu_memory_gib": [round(x, 2) for x in memory.peak],
+                  "standins": standins, "versions": versions()}
+        if code:
+            record["error"] = tail
+        append(out, record, show=("chapter", "gpus", "passed", "seconds", "peak_gpu_memory_gib"))
+
+
+def _passed(*paths: Path) -> set:
+    """The (chapter, gpus, profile) of every passed record in ``paths``."""
+    import json
+
+    keys = set()
+    for path in paths:
+        if path.exists():
+            keys |= {tuple(r[k] for k in KEY) for r in map(json.loads, path.read_text().splitlines()) if r["passed"]}
+    return keys
