@@ -3,9 +3,9 @@
 As ``make PROFILE=full notebooks`` runs them, each chapter runs alone under ``pytest --nbmake`` (a fresh kernel, every cell, a 600 s limit per cell), with
 ``LLAVA_NB_PROFILE=full`` and every GPU visible. The full profile's checkpoints are read from
 ``LLAVA_NB_CHECKPOINTS``; ``--standins`` first writes random-weight stand-ins there with ``make-checkpoint`` for
-each model the full profile names, so that no download is needed::
+the models named (those the chapters load: llava-1.5-7b), so that no download is needed::
 
-    python -m experiments.gpu chapters_gpu --standins --checkpoints /tmp/ckpt --chapters 01,02 --out $OUT/c.jsonl
+    python -m experiments.gpu chapters_gpu --standins llava-1.5-7b --checkpoints /tmp/ckpt --chapters 01,02 --out $OUT/c.jsonl
 
 A record per chapter: pass or fail (and the end of the failure), wall time, the GPU count, and the peak memory
 used on each GPU while the chapter ran (``nvidia-smi``'s ``memory.used``, sampled every 0.2 s: it includes each
@@ -31,7 +31,8 @@ KEY = ("chapter", "gpus", "profile")
 def add_arguments(p) -> None:
     p.add_argument("--chapters", help="comma-separated chapter prefixes, e.g. 01,04 (default: every chapter)")
     p.add_argument("--checkpoints", required=True, help="the LLAVA_NB_CHECKPOINTS folder")
-    p.add_argument("--standins", action="store_true", help="write a stand-in for each full-profile model missing there")
+    p.add_argument("--standins", default="", metavar="NAMES",
+                   help="comma-separated models (e.g. llava-1.5-7b) to write a stand-in for where it is missing")
     p.add_argument("--budget", type=float, default=540, help="seconds: start no chapter after this")
     p.add_argument("--out", required=True, help="JSON-lines file the new records are appended to")
 
@@ -65,18 +66,14 @@ class GpuMemory:
         self._thread.join()
 
 
-def _standins(root: Path) -> list[str]:
-    """Write (once) a stand-in for every model the full profile uses that has a public checkpoint; their names."""
+def _standins(root: Path, names: list[str]) -> list[str]:
+    """Write (once) a stand-in for each of ``names`` into ``root`` under its Hub id; the names."""
     from llava_nb.models.local import local_path
-    from llava_nb.models.profiles import PROFILE_MODELS
     from llava_nb.models.specs import hub_id
 
     made = []
-    for name in sorted(set(PROFILE_MODELS["full"].values())):
-        hub = hub_id(name)
-        if hub is None:
-            continue
-        folder = local_path(hub, root)
+    for name in names:
+        folder = local_path(hub_id(name), root)
         if not (folder / "config.json").exists():
             began = time.perf_counter()
             subprocess.run([sys.executable, "-m", "llava_nb", "make-checkpoint", "--like", name, "--out", str(folder)],
@@ -102,7 +99,7 @@ def main(a) -> None:
 
     out, gpus = Path(a.out), torch.cuda.device_count()
     root = Path(a.checkpoints)
-    standins = _standins(root) if a.standins else []
+    standins = _standins(root, [n for n in a.standins.split(",") if n])
     skip = {k for k in _passed(DONE, out)}
     wanted = [p.strip() for p in a.chapters.split(",")] if a.chapters else None
     chapters = [c for c in sorted((REPO_ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
