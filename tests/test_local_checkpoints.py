@@ -76,3 +76,13 @@ def test_make_checkpoint_files_into_the_variable_or_asks_for_out(checkpoints, mo
     rc, _, line = run_cli(["make-checkpoint", "--like", "llava-1.5-7b"])  # the folder is there: refused, untouched
     assert rc != 0 and "not empty" in line and str(checkpoints / "llava-hf" / "llava-1.5-7b-hf") in line
     assert llava_nb.load_model("llava-1.5-7b").config.text_config.vocab_size == 32064
+
+
+def test_load_for_training_reads_the_local_checkpoint(checkpoints, monkeypatch):
+    """The your-data chapter loads its released checkpoint by Hub id (llava-hf/llava-1.5-7b-hf): that too is read
+    from the variable's folder, tokenizer and image processor included (on the GPU it went to the Hub first)."""
+    from llava_nb.training.loading import load_for_training
+
+    monkeypatch.setenv(ENV_VAR, str(checkpoints))
+    model, tokenizer, _ = load_for_training(HUB, stage=2)
+    assert model.config.text_config.vocab_size == 32064 and tokenizer.convert_tokens_to_ids("<image>") == 32000

@@ -278,6 +278,19 @@ def test_lora_training_saves_an_adapter_that_reloads_onto_its_base_and_the_merge
         assert not torch.allclose(base(**batch).logits, merged(**batch).logits, atol=1e-4)
 
 
+def test_a_bf16_lora_run_evaluates_its_merged_model(small_data, tmp_path):
+    """LLaVA's recipe (bf16) on one process: LoRA merges into the live model, whose base is bf16 and whose projector
+    keeps fp32 weights; its held-out evaluation runs under the training's autocast (a plain forward failed there:
+    "expected m1 and m2 to have the same dtype", first seen on a GPU with a 7B stand-in)."""
+    s1 = train("tiny-llava-1.5", 1, data=small_data["captions"], image_folder=small_data["image_folder"],
+               output_dir=tmp_path / "s1", max_steps=2, **FAST)
+    r = train(s1["final_dir"], 2, method="lora", data=small_data["instruct"], image_folder=small_data["image_folder"],
+              eval_data=small_data["test"], output_dir=tmp_path / "lora", max_steps=2, lora_r=8, lora_alpha=16,
+              mixed_precision="bf16", **FAST)
+    assert r["states"]["frozen"] == "bfloat16" and r["states"]["weights"] == "float32"
+    assert 0 <= r["eval_accuracy"] <= 1 and r["eval_examples"]
+
+
 def test_qlora_trains_on_a_4bit_base_and_merges_into_the_full_precision_one(small_data, tmp_path):
     """bitsandbytes NF4 on CPU, 2 processes: the LLM's Linears are Linear4bit while training; the adapter (with the
     projector) then loads onto the full-precision stage-1 base, and the saved final model is that merge."""

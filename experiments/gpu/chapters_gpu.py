@@ -89,7 +89,15 @@ def _execute(chapter: Path, env: dict) -> tuple[int, str, float]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbmake", "--nbmake-timeout=600",
                            "-p", "no:cacheprovider", str(chapter)], capture_output=True, text=True, env=env,
                           cwd=REPO_ROOT)
-    return proc.returncode, (proc.stdout + proc.stderr)[-4000:], time.perf_counter() - began
+    # the failing cell's source and the start of its traceback come first in nbmake's report: keep them too
+    return proc.returncode, _plain(proc.stdout + proc.stderr)[-12000:], time.perf_counter() - began
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes (nbmake prints IPython's coloured tracebacks)."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def main(a) -> None:

@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from .loading import _plain_model, _whole_model_construction
 
 
@@ -77,7 +79,10 @@ def _evaluate(model, device, spec, method, tokenizer, image_processor, template:
     from .evaluate import evaluate
 
     sharded = method.engine.kind == "deepspeed"
-    with _whole_model_construction() if sharded else contextlib.nullcontext():
+    # bf16 runs evaluate under the autocast they trained under: a LoRA model merged in place holds a bf16 base and
+    # an fp32 projector (every trained parameter keeps fp32 weights), which a plain forward cannot multiply together
+    bf16 = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.config.mixed_precision == "bf16")
+    with _whole_model_construction() if sharded else contextlib.nullcontext(), bf16:
         if model is None:
             model = load_model(Path(spec.output_dir) / "final").to(device)
             if spec.config.attn_implementation:

@@ -49,6 +49,9 @@ def load_for_training(model: str, stage: int, **load_kwargs):
             net = build_model(model)
             load_pretrained_parts(net)
         return (net, *load_processing(model))
+    from ..models.local import resolve
+
+    model = resolve(model)  # a Hub id's folder in $LLAVA_NB_CHECKPOINTS where that is set
     tokenizer, image_processor = load_processing(model)
     return load_model(model, **load_kwargs), tokenizer, image_processor
 
