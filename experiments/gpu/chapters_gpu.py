@@ -1,7 +1,7 @@
 """Every chapter executed under the full profile on the GPUs (data/gpu/chapters_gpu.jsonl).
 
-As ``make PROFILE=full notebooks`` runs them, each chapter runs alone under ``pytest --nbmake`` (a fresh kernel, every cell, a 600 s limit per cell), with
-``LLAVA_NB_PROFILE=full`` and every GPU visible. The full profile's checkpoints are read from
+As ``make PROFILE=full notebooks`` runs them, each chapter runs alone under ``pytest --nbmake`` (a fresh kernel,
+every cell, a 600 s limit per cell), with ``LLAVA_NB_PROFILE=full`` and every GPU visible. The full profile's checkpoints are read from
 ``LLAVA_NB_CHECKPOINTS``; ``--standins`` first writes random-weight stand-ins there with ``make-checkpoint`` for
 the models named (those the chapters load: llava-1.5-7b), so that no download is needed::
 
@@ -108,7 +108,7 @@ def main(a) -> None:
     out, gpus = Path(a.out), torch.cuda.device_count()
     root = Path(a.checkpoints)
     standins = _standins(root, [n for n in a.standins.split(",") if n])
-    skip = {k for k in _passed(DONE, out)}
+    skip = _passed(DONE, out)
     wanted = [p.strip() for p in a.chapters.split(",")] if a.chapters else None
     chapters = [c for c in sorted((REPO_ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
                 if wanted is None or c.name[:2] in wanted]

@@ -92,8 +92,7 @@ def write_standin(spec, out: Path, seed: int = 0, device: str | None = None) -> 
     model.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
     del model
     standin_processor(config).save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"like": spec.llava_nb_name, "seed": seed,
-                                                            "weights": "random"}) + "\n")
+    (tmp / MARKER).write_text(json.dumps({"like": spec.llava_nb_name, "seed": seed, "weights": "random"}) + "\n")
     check_checkpoint(tmp)  # what train() checks first: a stand-in passes it, as a real llava-hf checkpoint does
     if out.exists():
         out.rmdir()  # empty: check_standin refuses a folder with files
