@@ -49,21 +49,23 @@ class GpuMemory:
         return [float(x) / 1024 for x in out.split()]
 
     def _loop(self) -> None:
-        import shutil
-
-        while shutil.which("nvidia-smi") and not self._stop.is_set():
+        while not self._stop.is_set():
             now = self._sample()
             self.peak = [max(a, b) for a, b in zip(self.peak, now)] if self.peak else now
             self._stop.wait(self.every)
 
     def __enter__(self):
+        import shutil
+
         self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        if shutil.which("nvidia-smi"):  # no GPUs: no samples, an empty peak
+            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def _standins(root: Path, names: list[str]) -> list[str]:
