@@ -121,3 +121,45 @@ def test_a_single_process_does_not_settle(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert exits.ranks() == (1, 2)
+
+
+AFTER_A_PARALLEL_OPERATION = r"""
+import os, sys
+from pathlib import Path
+import torch
+from accelerate import notebook_launcher
+import llava_nb.training.worker as worker
+from llava_nb.training.launch import free_port
+
+class Spec:
+    output_dir = sys.argv[1]
+
+def copies_a_large_tensor(spec):
+    # a copy large enough to be split between threads: with the parent's thread team inherited, it never returns
+    torch.empty(8_000_000).copy_(torch.ones(8_000_000))
+    Path(spec.output_dir, f"rank{os.environ['RANK']}").write_text(str(torch.get_num_threads()))
+
+worker._run_worker = copies_a_large_tensor  # run_worker (the real one) calls it
+os.environ["OMP_NUM_THREADS"] = "2"
+torch.set_num_threads(2)
+(torch.randn(8_000_000) * 2).sum()  # this process's OpenMP thread team now exists, as in a kernel that ran a cell
+notebook_launcher(worker.run_worker, (Spec(),), num_processes=2, use_port=str(free_port()))
+print("launch done")
+"""
+
+
+def test_forked_workers_run_after_the_parent_ran_a_parallel_operation(tmp_path):
+    """GNU OpenMP cannot start threads in a child forked after the parent used its thread team: the child's first
+    parallel operation waits forever (chapters 07 and 08 hung or crashed on a 16-core machine). run_worker gives a
+    forked process one thread, so both ranks finish their copy."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", AFTER_A_PARALLEL_OPERATION, str(tmp_path)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its hung workers
+        out, err = proc.communicate()
+    assert "launch done" in out, out + err
+    assert [p.read_text() for p in sorted(tmp_path.glob("rank*"))] == ["1", "1"]

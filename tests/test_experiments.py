@@ -265,3 +265,12 @@ def test_tokens_per_epoch(tmp_path):
     path.write_text(json.dumps(records))
     samples, tokens = sweep_data.tokens_per_epoch(str(path))
     assert samples == 3 and tokens % 3 == 0 and tokens > 3 * 36  # 36 image tokens a sample, and the text
+
+
+def test_a_failed_chapter_keeps_the_start_and_the_end_of_its_report():
+    from experiments.gpu.chapters_gpu import excerpt
+
+    report = "failing cell + traceback " + "x" * 20000 + " summary"
+    kept = excerpt(report, keep=100)
+    assert kept.startswith("failing cell + traceback") and kept.endswith(" summary") and len(kept) < 300
+    assert excerpt("short", keep=100) == "short"

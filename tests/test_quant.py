@@ -61,3 +61,10 @@ def test_qlora_preparation_turns_the_hidden_states_to_fp32(tmp_path):
     assert set(lora.values()) == {"bfloat16"}
     assert set(qlora.values()) == {"float32"}
     assert set(qlora) == {"attention input", "MLP input", "last layer input", "lm_head input"}
+
+
+def test_the_roundtrip_runs_where_the_weight_is():
+    # a GPU weight must not meet the CPU levels (it did in chapter 11 under the full profile); the meta device stands
+    # in for the GPU here: it, too, refuses a CPU operand
+    w = torch.empty(4, 256, device="meta")
+    assert nf4_roundtrip(w).device == w.device and nf4_roundtrip(w).shape == w.shape

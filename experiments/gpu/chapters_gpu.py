@@ -10,7 +10,8 @@ the models named (those the chapters load: llava-1.5-7b), so that no download is
 A record per chapter: pass or fail (and the end of the failure), wall time, the GPU count, and the peak memory
 used on each GPU while the chapter ran (``nvidia-smi``'s ``memory.used``, sampled every 0.2 s: it includes each
 process's CUDA context, so it is what the GPU had in use, not the allocator's figure). Resumable: a chapter already
-recorded as passed for this GPU count, in data/gpu/chapters_gpu.jsonl or ``--out``, is skipped.
+recorded as passed for this GPU count, in data/gpu/chapters_gpu.jsonl or ``--out``, is skipped. A failed chapter's
+whole report (every process's stderr: a crash's fatal-signal stack too) is written beside ``--out``.
 """
 
 from __future__ import annotations
@@ -91,8 +92,13 @@ def _execute(chapter: Path, env: dict) -> tuple[int, str, float]:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbmake", "--nbmake-timeout=600",
                            "-p", "no:cacheprovider", str(chapter)], capture_output=True, text=True, env=env,
                           cwd=REPO_ROOT)
-    # the failing cell's source and the start of its traceback come first in nbmake's report: keep them too
-    return proc.returncode, _plain(proc.stdout + proc.stderr)[-12000:], time.perf_counter() - began
+    return proc.returncode, _plain(proc.stdout + proc.stderr), time.perf_counter() - began
+
+
+def excerpt(report: str, keep: int = 6000) -> str:
+    """``report``, or its first and last ``keep`` characters: nbmake's report opens with the failing cell and its
+    traceback (and a crashed process's fatal-error stack), and ends with the summary."""
+    return report if len(report) <= 2 * keep else f"{report[:keep]}\n[... {len(report) - 2 * keep} characters ...]\n{report[-keep:]}"
 
 
 def _plain(text: str) -> str:
@@ -129,8 +135,9 @@ def main(a) -> None:
         record = {"chapter": chapter.stem, "profile": "full", "gpus": gpus, "passed": code == 0,
                   "seconds": round(seconds, 1), "peak_gpu_memory_gib": [round(x, 2) for x in memory.peak],
                   "standins": standins, "versions": versions()}
-        if code:
-            record["error"] = tail
+        if code:  # the record keeps the report's start and end; the whole of it goes beside --out
+            record["error"] = excerpt(tail)
+            out.with_name(f"{chapter.stem}-{gpus}gpu.log").write_text(tail)
         append(out, record, show=("chapter", "gpus", "passed", "seconds", "peak_gpu_memory_gib"))
 
 

@@ -34,8 +34,10 @@ def nf4_levels(offset: float = NF4_OFFSET) -> torch.Tensor:
 
 def quantize_blockwise(x: torch.Tensor, levels: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices (n,) uint8, absmax (n / blocksize,) float32) of ``x`` flattened; ``x.numel()`` must be a multiple of
-    ``blocksize``. Each value goes to the nearest level of ``levels`` after dividing by its block's absmax."""
+    ``blocksize``. Each value goes to the nearest level of ``levels`` after dividing by its block's absmax. Runs
+    where ``x`` is (a GPU weight stays on its GPU)."""
     flat = x.detach().float().reshape(-1, blocksize)  # (blocks, blocksize)
+    levels = levels.to(flat.device)
     absmax = flat.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)  # (blocks,)
     scaled = flat / absmax[:, None]  # in [-1, 1]
     indices = (scaled[..., None] - levels).abs().argmin(dim=-1)  # (blocks, blocksize): nearest level
@@ -44,7 +46,7 @@ def quantize_blockwise(x: torch.Tensor, levels: torch.Tensor, blocksize: int = 6
 
 def dequantize_blockwise(indices: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int = 64,
                          shape=None) -> torch.Tensor:
-    values = levels[indices.long()].reshape(-1, blocksize) * absmax[:, None]
+    values = levels.to(indices.device)[indices.long()].reshape(-1, blocksize) * absmax[:, None]
     return values.reshape(shape) if shape is not None else values.reshape(-1)
 
 

@@ -211,8 +211,9 @@ def launch(spec: TrainSpec, num_processes: int) -> str:
     from accelerate import notebook_launcher
 
     if not torch.cuda.is_available():
-        # Share the cores between the CPU processes. Accelerate would set 1 thread and warn (on stderr, which the
-        # book build treats as an error) when OMP_NUM_THREADS is unset.
+        # Accelerate warns (on stderr, which the book build treats as an error) when OMP_NUM_THREADS is unset. The
+        # forked workers run one thread each whatever it says (worker.one_thread_if_forked); processes started
+        # fresh from this one later share the cores by it.
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // num_processes)))
     # torch's elastic launcher logs a failed process's whole traceback to stderr; train() re-raises the failure
     # as a TrainingError that carries each process's own error, so that log is redundant here.

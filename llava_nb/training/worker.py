@@ -49,6 +49,7 @@ def run_worker(spec: TrainSpec) -> None:
     from .exits import ranks, settle
 
     group = ranks()  # (rank, local world size), or None in a single process
+    one_thread_if_forked()
     try:
         _run_worker(spec)
     except Exception as err:
@@ -63,6 +64,21 @@ def run_worker(spec: TrainSpec) -> None:
         settle(spec.output_dir, *group, failed=False)
 
 
+def one_thread_if_forked() -> None:
+    """One CPU thread for torch's operations in a process forked by ``notebook_launcher``.
+
+    torch runs CPU operations on GNU OpenMP's threads. Once the parent (a notebook's kernel) has run one parallel
+    operation, a forked child inherits OpenMP's record of a thread team whose threads were not copied: the child's
+    first parallel operation (copying a weight, say) waits for them forever, or crashes (SIGSEGV), as chapters 07
+    and 08 did with 16 cores. One thread never starts a team. torch's DataLoader workers do the same, and
+    ``torchrun`` gives each of several processes ``OMP_NUM_THREADS=1``. A fresh process (``accelerate launch``, or
+    one process training in its own) starts its own team and keeps its thread count."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # started by fork (or spawn) from a Python parent
+        torch.set_num_threads(1)
+
+
 def _run_worker(spec: TrainSpec) -> None:
     from accelerate.utils import set_seed
 
@@ -73,8 +89,6 @@ def _run_worker(spec: TrainSpec) -> None:
     cfg = spec.config
     method = get_method(spec.method).for_stage(spec.stage)
     start = time.perf_counter()
-    if not torch.cuda.is_available() and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # a forked process keeps its parent's count
     if cfg.tf32 and torch.cuda.is_available():  # LLaVA's --tf32 True: TensorFloat-32 for fp32 matrix products
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     accelerator = _accelerator(spec, method)
