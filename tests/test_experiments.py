@@ -274,3 +274,25 @@ def test_a_failed_chapter_keeps_the_start_and_the_end_of_its_report():
     kept = excerpt(report, keep=100)
     assert kept.startswith("failing cell + traceback") and kept.endswith(" summary") and len(kept) < 300
     assert excerpt("short", keep=100) == "short"
+
+
+def test_a_hung_chapter_is_stopped_with_every_process_stack(tmp_path):
+    """A chapter past its limit is stopped, and its report holds the stacks of its kernel's processes, so that a
+    hang on a lent machine says where it waited: here a forked worker that waits in ``wait_here``."""
+    import os
+
+    import nbformat
+
+    from experiments.gpu.chapters_gpu import execute
+
+    chapter = tmp_path / "99_hangs.ipynb"
+    cell = ("import multiprocessing, time\n"
+            "def wait_here():\n    time.sleep(600)\n"
+            "worker = multiprocessing.get_context('fork').Process(target=wait_here)\n"
+            "worker.start()\nworker.join()")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), chapter)
+    code, report, seconds = execute(chapter, dict(os.environ), limit=20)
+    assert code is None and seconds < 90, report
+    assert report.startswith("ran past its limit of 20 s")
+    assert report.count("Fatal Python error: Aborted") >= 2, report  # the kernel and its worker
+    assert "in wait_here" in report, report

@@ -7,6 +7,10 @@ the models named (those the chapters load: llava-1.5-7b), so that no download is
 
     python -m experiments.gpu chapters_gpu --standins llava-1.5-7b --checkpoints /tmp/ckpt --chapters 01,02 --out $OUT/c.jsonl
 
+A chapter that runs past ``--limit`` seconds (a hang) is stopped, and its record says so, with every process's
+stacks at that moment; start no chapter later than ``--budget`` seconds into the call, so that budget + limit
+fits the machine's limit per command.
+
 A record per chapter: pass or fail (and the end of the failure), wall time, the GPU count, and the peak memory
 used on each GPU while the chapter ran (``nvidia-smi``'s ``memory.used``, sampled every 0.2 s: it includes each
 process's CUDA context, so it is what the GPU had in use, not the allocator's figure). Resumable: a chapter already
@@ -16,6 +20,7 @@ whole report (every process's stderr: a crash's fatal-signal stack too) is writt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -34,7 +39,9 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoints", required=True, help="the LLAVA_NB_CHECKPOINTS folder")
     p.add_argument("--standins", default="", metavar="NAMES",
                    help="comma-separated models (e.g. llava-1.5-7b) to write a stand-in for where it is missing")
-    p.add_argument("--budget", type=float, default=540, help="seconds: start no chapter after this")
+    p.add_argument("--budget", type=float, default=240, help="seconds: start no chapter after this")
+    p.add_argument("--limit", type=float, default=300,
+                   help="seconds one chapter may run; then every process of it prints its stacks and is stopped")
     p.add_argument("--out", required=True, help="JSON-lines file the new records are appended to")
 
 
@@ -86,13 +93,45 @@ def _standins(root: Path, names: list[str]) -> list[str]:
     return made
 
 
-def _execute(chapter: Path, env: dict) -> tuple[int, str, float]:
-    """``pytest --nbmake`` on one chapter: (exit code, the end of its output, seconds)."""
+def execute(chapter: Path, env: dict, limit: float) -> tuple[int | None, str, float]:
+    """``pytest --nbmake`` on one chapter: (exit code, or None if it ran past ``limit`` s; its output; seconds).
+
+    A chapter past its limit has its kernel and the kernel's workers sent SIGABRT: with ``PYTHONFAULTHANDLER`` each
+    prints every thread's Python stack to the stderr that pytest captures, and nbmake then reports the dead kernel
+    with it, so a hang's report says where each process waited. pytest itself is stopped the same way if it does
+    not end within a minute after."""
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbmake", "--nbmake-timeout=600",
-                           "-p", "no:cacheprovider", str(chapter)], capture_output=True, text=True, env=env,
-                          cwd=REPO_ROOT)
-    return proc.returncode, _plain(proc.stdout + proc.stderr), time.perf_counter() - began
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "--nbmake", "--nbmake-timeout=600",
+                             "-p", "no:cacheprovider", str(chapter)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**env, "PYTHONFAULTHANDLER": "1"}, cwd=REPO_ROOT)
+    try:
+        out, _ = proc.communicate(timeout=limit)
+        return proc.returncode, _plain(out), time.perf_counter() - began
+    except subprocess.TimeoutExpired:
+        out = _stop_with_stacks(proc)
+    return None, _plain(f"ran past its limit of {limit:.0f} s; every process's stacks follow\n{out}"), \
+        time.perf_counter() - began
+
+
+def _stop_with_stacks(proc: subprocess.Popen) -> str:
+    """SIGABRT to the kernel and its workers, then to pytest if it has not ended a minute later; kill whatever is
+    left; pytest's output."""
+    import signal
+
+    import psutil
+
+    descendants, out = psutil.Process(proc.pid).children(recursive=True), None
+    for group in (descendants, [proc]):
+        for p in group:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            out = proc.communicate(timeout=60)[0]
+            break
+    for p in [*descendants, proc]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    return out if out is not None else proc.communicate()[0]
 
 
 def excerpt(report: str, keep: int = 6000) -> str:
@@ -131,11 +170,13 @@ def main(a) -> None:
             print(f"budget spent: {chapter.stem} and after left for the next call", flush=True)
             break
         with GpuMemory() as memory:
-            code, tail, seconds = _execute(chapter, env)
+            code, tail, seconds = execute(chapter, env, a.limit)
         record = {"chapter": chapter.stem, "profile": "full", "gpus": gpus, "passed": code == 0,
                   "seconds": round(seconds, 1), "peak_gpu_memory_gib": [round(x, 2) for x in memory.peak],
                   "standins": standins, "versions": versions()}
-        if code:  # the record keeps the report's start and end; the whole of it goes beside --out
+        if code is None:
+            record["timed_out"] = a.limit
+        if code != 0:  # the record keeps the report's start and end; the whole of it goes beside --out
             record["error"] = excerpt(tail)
             out.with_name(f"{chapter.stem}-{gpus}gpu.log").write_text(tail)
         append(out, record, show=("chapter", "gpus", "passed", "seconds", "peak_gpu_memory_gib"))
