@@ -155,12 +155,12 @@ class _Indices(torch.utils.data.Dataset):
 
 
 def test_each_rank_gets_llavas_chunk():
-    """worker._loader prepared by Accelerate for 2 processes: process r runs chunk j of a step's
+    """batches.make_loader prepared by Accelerate for 2 processes: process r runs chunk j of a step's
     world x accumulation chunks (LLaVA's split_to_even_chunks) exactly when j % 2 == r, as under LLaVA's Trainer."""
     from accelerate.data_loader import prepare_data_loader
 
     from llava_nb.training.config import TrainConfig
-    from llava_nb.training.worker import _loader
+    from llava_nb.training.batches import make_loader
 
     micro, world, accum, seed = 3, 2, 2, 5
     lengths = _lengths(150, 40, 1)
@@ -169,7 +169,7 @@ def test_each_rank_gets_llavas_chunk():
         expected = llava_order(lengths, micro, world, accum, seed, epoch)
         chunks = [expected[k:k + micro] for k in range(0, len(expected) - micro + 1, micro)]
         for rank in range(world):
-            loader = _loader(_Indices(lengths), micro, world, accum, cfg, seed, SimpleNamespace(pad_token_id=0))
+            loader = make_loader(_Indices(lengths), micro, world, accum, cfg, seed, SimpleNamespace(pad_token_id=0))
             loader = prepare_data_loader(loader, num_processes=world, process_index=rank, use_seedable_sampler=True)
             loader.set_epoch(epoch)
             got = [batch["input_ids"][:, 0].tolist() for batch in loader]

@@ -32,43 +32,11 @@ from pathlib import Path
 import torch
 
 from .harness import gather, synthetic_batch, torchrun, versions
+from .holdings import grad_probe, nbytes, optimizer_state_bytes
 from ..methods.deepspeed import deepspeed_config, llm_hidden_size
 from ..methods.fsdp import shard_fsdp
 from ..methods.registry import get_method
 from ..methods.setup import load_kwargs, setup_model
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a tensor (an FSDP2 DTensor's shard; a plain tensor as it is)."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _nbytes(tensors) -> int:
-    return sum(_local(t).numel() * t.element_size() for t in tensors if t is not None)
-
-
-def state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The optimizer's per-parameter state tensors: AdamW's moments (``exp_avg``, ``exp_avg_sq``), and for
-    bitsandbytes' 8-bit optimizers their code maps and block constants. The scalar ``step`` counters are left out
-    (they live on the CPU unless ``capturable``/``fused``)."""
-    return [v for s in opt.state.values() for k, v in s.items() if torch.is_tensor(v) and k != "step"]
-
-
-def _optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
-    return _nbytes(state_tensors(opt))
-
-
-def _grad_probe(opt: torch.optim.Optimizer) -> dict:
-    """Record the bytes of the gradients ``opt`` reads, at each of its steps."""
-    seen = {}
-
-    def hook(optimizer, args, kwargs):
-        # ZeRO-3 steps one sub-group at a time: keep the largest set of gradients seen at once
-        now = _nbytes([p.grad for g in optimizer.param_groups for p in g["params"]])
-        seen["gradients"] = max(seen.get("gradients", 0), now)
-
-    opt.register_step_pre_hook(hook)
-    return seen
 
 
 class _PhaseClock:
@@ -132,7 +100,7 @@ class Run:
                     model, device_ids=[device.index] if device.type == "cuda" else None)
             self.model = model
             self.optimizer = self.basic = torch.optim.AdamW(params, lr=lr)
-        self.grads = _grad_probe(self.basic)
+        self.grads = grad_probe(self.basic)
 
     def step(self, batch: dict, phases: dict | None = None) -> float:
         """One training step; with ``phases`` (a dict), the seconds of forward, backward and optimizer step are
@@ -158,28 +126,28 @@ class Run:
     def holdings(self) -> dict:
         """Bytes this rank holds of each model state, read from the engine's tensors."""
         params = list(self.model.parameters())
-        out = {"gradients": self.grads.get("gradients", 0), "optimizer_states": _optimizer_state_bytes(self.basic)}
+        out = {"gradients": self.grads.get("gradients", 0), "optimizer_states": optimizer_state_bytes(self.basic)}
         if self.engine is not None:
             opt = self.optimizer
             name = type(opt).__name__
             if name == "DeepSpeedZeroOptimizer_Stage3":
-                out["weights"] = _nbytes([p.ds_tensor for p in params]) + _nbytes(
+                out["weights"] = nbytes([p.ds_tensor for p in params]) + nbytes(
                     [p.data for p in params if getattr(p, "ds_persist", False)])
-                out["master_weights"] = _nbytes(opt.fp32_partitioned_groups_flat)
+                out["master_weights"] = nbytes(opt.fp32_partitioned_groups_flat)
             else:
-                out["weights"] = _nbytes([p.data for p in params])
+                out["weights"] = nbytes([p.data for p in params])
                 master = {"DeepSpeedZeroOptimizer": "single_partition_of_fp32_groups",
                           "BF16_Optimizer": "fp32_groups_flat_partition", "FP16_Optimizer": "fp32_groups_flat",
                           "FP16_UnfusedOptimizer": "fp32_groups"}[name]
                 masters = getattr(opt, master)
-                out["master_weights"] = _nbytes(t for group in masters for t in (group if isinstance(group, list) else [group]))
+                out["master_weights"] = nbytes(t for group in masters for t in (group if isinstance(group, list) else [group]))
             out["optimizer"] = name
         elif self.method.engine.kind == "fsdp":
-            out["weights"] = _nbytes(params)  # fp32 shards: also the master weights
+            out["weights"] = nbytes(params)  # fp32 shards: also the master weights
             out["master_weights"] = 0
         else:
-            out["weights"] = _nbytes([p.data for p in params if not p.requires_grad])
-            out["trainable_weights"] = _nbytes([p.data for p in params if p.requires_grad])
+            out["weights"] = nbytes([p.data for p in params if not p.requires_grad])
+            out["trainable_weights"] = nbytes([p.data for p in params if p.requires_grad])
             out["master_weights"] = 0
         return out
 

@@ -27,7 +27,7 @@ import time
 import torch
 
 from .harness import versions
-from .measure import state_tensors
+from .holdings import state_tensors
 
 #: name -> (module path, class, keyword arguments); "torch AdamW" is the baseline the others are compared with
 OPTIMIZERS = {

@@ -20,6 +20,7 @@ import torch
 from ..errors import LlavaNbError
 from .config import TrainSpec
 from .loading import _model_config, default_template, load_for_training
+from .batches import make_dataset, make_loader
 from .optimizer import change_lr, make_optimizer
 
 
@@ -101,9 +102,9 @@ def _run_worker(spec: TrainSpec) -> None:
     trainable = trainable_parameters(model)  # before any engine shards them
     quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in model.modules())  # not peft's wrappers
     template = cfg.template or default_template(model.config, spec.stage)
-    dataset = _dataset(spec, model.config, tokenizer, image_processor, template)
+    dataset = make_dataset(spec, model.config, tokenizer, image_processor, template)
     micro, accum = cfg.batch_split(accelerator.num_processes)
-    loader = _loader(dataset, micro, accelerator.num_processes, accum, cfg, spec.seed, tokenizer)
+    loader = make_loader(dataset, micro, accelerator.num_processes, accum, cfg, spec.seed, tokenizer)
     total = cfg.max_steps or len(loader) // (accelerator.num_processes * accum) * cfg.epochs
     if total < 1:
         raise LlavaNbError(f"{len(dataset)} samples give no full batch of {cfg.batch_size}; lower batch_size")
@@ -203,35 +204,6 @@ def _accelerator(spec: TrainSpec, method):
     if method.engine.kind == "fsdp" and not torch.cuda.is_available():
         force_fsdp_on_cpu(accelerator, kwargs["fsdp_plugin"])
     return accelerator
-
-
-def _dataset(spec: TrainSpec, config, tokenizer, image_processor, template):
-    from ..data.dataset import ConversationDataset
-    from ..data.records import load_conversations
-
-    records = load_conversations(spec.data, spec.image_folder, images_outside=spec.config.images_outside_folder)
-    return ConversationDataset(records, tokenizer, config, template, spec.config.max_length, image_processor)
-
-
-def _loader(dataset, micro: int, world: int, accum: int, cfg, seed: int, tokenizer):
-    """Batches of ``micro`` samples per process: shuffled; grouped by length over ``micro * world`` samples
-    (``group_by_length``); or LLaVA's one modality per step (``group_by_modality_length``). Accelerate's
-    ``prepare`` deals the loader's consecutive batches to the processes in turn."""
-    from ..data.dataset import Collator, LengthGroupedSampler
-    from ..data.sampling import ModalityLengthGroupedSampler, modality_lengths
-
-    collate = Collator(tokenizer.pad_token_id)
-    sampler = None
-    if cfg.group_by_length:  # batches of similar length, less padding
-        sampler = LengthGroupedSampler([len(it.input_ids) for it in dataset.items], micro * world, seed=seed)
-    elif cfg.group_by_modality_length:  # LLaVA's finetune.sh:16
-        sampler = ModalityLengthGroupedSampler(modality_lengths(dataset.records), micro, world, accum, seed=seed)
-    if sampler is not None:
-        return torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True,
-                                           collate_fn=collate)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=micro, shuffle=True, drop_last=True, generator=generator,
-                                       collate_fn=collate)
 
 
 def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg, total: int, params,
