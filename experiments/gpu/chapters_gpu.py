@@ -11,7 +11,7 @@ A chapter that runs past ``--limit`` seconds (a hang) is stopped, and its record
 stacks at that moment; start no chapter later than ``--budget`` seconds into the call, so that budget + limit
 fits the machine's limit per command.
 
-A record per chapter: pass or fail (and the end of the failure), wall time, the GPU count, and the peak memory
+A record per chapter: pass or fail (and the start and end of the failure report), wall time, the GPU count, and the peak memory
 used on each GPU while the chapter ran (``nvidia-smi``'s ``memory.used``, sampled every 0.2 s: it includes each
 process's CUDA context, so it is what the GPU had in use, not the allocator's figure). Resumable: a chapter already
 recorded as passed for this GPU count, in data/gpu/chapters_gpu.jsonl or ``--out``, is skipped. A failed chapter's
