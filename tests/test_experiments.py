@@ -277,8 +277,9 @@ def test_a_failed_chapter_keeps_the_start_and_the_end_of_its_report():
 
 
 def test_a_hung_chapter_is_stopped_with_every_process_stack(tmp_path):
-    """A chapter past its limit is stopped, and its report holds the stacks of its kernel's processes, so that a
-    hang on a lent machine says where it waited: here a forked worker that waits in ``wait_here``."""
+    """A chapter past its limit is stopped, and its report holds the stacks of its kernel's workers, so that a
+    hang on a lent machine says where it waited: here a forked worker that waits in ``wait_here``. The workers are
+    stopped first, so that the cell fails with their stacks in its captured stderr."""
     import os
 
     import nbformat
@@ -289,11 +290,11 @@ def test_a_hung_chapter_is_stopped_with_every_process_stack(tmp_path):
     cell = ("import multiprocessing, time\n"
             "def wait_here():\n    time.sleep(600)\n"
             "worker = multiprocessing.get_context('fork').Process(target=wait_here)\n"
-            "worker.start()\nworker.join()")
+            "worker.start()\nworker.join()\n"
+            "assert worker.exitcode == 0, worker.exitcode")  # as notebook_launcher raises when a worker dies
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)]), chapter)
     # the limit leaves the kernel time to start and fork (with 12 s on 2 cores, some runs stopped it before)
     code, report, seconds = execute(chapter, dict(os.environ), limit=30)
     assert code is None and seconds < 90, report
     assert report.startswith("ran past its limit of 30 s")
-    assert report.count("Fatal Python error: Aborted") >= 2, report  # the kernel and its worker
-    assert "in wait_here" in report, report
+    assert "Fatal Python error: Aborted" in report and "in wait_here" in report, report  # the worker's stack

@@ -114,19 +114,22 @@ def execute(chapter: Path, env: dict, limit: float) -> tuple[int | None, str, fl
 
 
 def _stop_with_stacks(proc: subprocess.Popen) -> str:
-    """SIGABRT to the kernel and its workers, then to pytest if it has not ended a minute later; kill whatever is
-    left; pytest's output."""
+    """SIGABRT to the kernel's workers, then to the kernel, then to pytest if it has not ended a minute later; kill
+    whatever is left; pytest's output."""
     import signal
 
     import psutil
 
     descendants, out = psutil.Process(proc.pid).children(recursive=True), None
-    for group in (descendants, [proc]):
+    kernels = psutil.Process(proc.pid).children()
+    workers = [p for p in descendants if p not in kernels]
+    # the workers first, while the kernel lives: a kernel that dies first ends pytest's report before they print
+    for group, wait in ((workers, 3), (kernels, 60), ([proc], 60)):
         for p in group:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.send_signal(signal.SIGABRT)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            out = proc.communicate(timeout=60)[0]
+            out = proc.communicate(timeout=wait)[0]
             break
     for p in [*descendants, proc]:
         with contextlib.suppress(psutil.NoSuchProcess):
