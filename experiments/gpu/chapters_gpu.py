@@ -96,10 +96,9 @@ def _standins(root: Path, names: list[str]) -> list[str]:
 def execute(chapter: Path, env: dict, limit: float) -> tuple[int | None, str, float]:
     """``pytest --nbmake`` on one chapter: (exit code, or None if it ran past ``limit`` s; its output; seconds).
 
-    A chapter past its limit has its kernel and the kernel's workers sent SIGABRT: with ``PYTHONFAULTHANDLER`` each
-    prints every thread's Python stack to the stderr that pytest captures, and nbmake then reports the dead kernel
-    with it, so a hang's report says where each process waited. pytest itself is stopped the same way if it does
-    not end within a minute after."""
+    A chapter past its limit has its kernel's workers, then its kernel, sent SIGABRT (``_stop_with_stacks``): with
+    ``PYTHONFAULTHANDLER`` each prints every thread's Python stack to the stderr that pytest captures, and nbmake
+    reports the failed cell with it, so a hang's report says where each process waited."""
     began = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "--nbmake", "--nbmake-timeout=600",
                              "-p", "no:cacheprovider", str(chapter)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -120,8 +119,8 @@ def _stop_with_stacks(proc: subprocess.Popen) -> str:
 
     import psutil
 
-    descendants, out = psutil.Process(proc.pid).children(recursive=True), None
-    kernels = psutil.Process(proc.pid).children()
+    pytest, out = psutil.Process(proc.pid), None
+    descendants, kernels = pytest.children(recursive=True), pytest.children()
     workers = [p for p in descendants if p not in kernels]
     # the workers first, while the kernel lives: a kernel that dies first ends pytest's report before they print
     for group, wait in ((workers, 3), (kernels, 60), ([proc], 60)):
