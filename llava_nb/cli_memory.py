@@ -18,14 +18,23 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{width}}  {v:>{vwidth}}" for k, v in rows)
 
 
+def _name_or_count(model: str):
+    """A model name, or a bare parameter count such as ``7e9`` or ``7000000000`` (for ``--accounting paper``)."""
+    from .models.specs import resolve_name
+
+    try:
+        return float(model)
+    except ValueError:
+        return resolve_name(model)
+
+
 def memory(args) -> tuple[dict, str]:
     from dataclasses import asdict
 
     from .memory.estimate import estimate_memory, max_micro_batch
     from .models.image_tokens import parse_size
-    from .models.specs import resolve_name
 
-    name = resolve_name(args.model)
+    name = _name_or_count(args.model)
     kwargs = dict(gpus=args.gpus, seq_len=args.seq_len, grad_checkpointing=not args.no_grad_checkpointing,
                   accounting=args.accounting, image_size=parse_size(args.image_size) if args.image_size else None)
     if args.attention != "sdpa":
@@ -46,7 +55,7 @@ def memory(args) -> tuple[dict, str]:
     usable = args.gpu_memory * (1 - args.headroom)
     verdict = (f"{'FITS' if fits else 'OUT OF MEMORY'}: peak {est.peak_gib:.2f} GiB vs {usable:.2f} GiB usable "
                f"({args.gpu_memory:g} GiB less {args.headroom:.0%} headroom)")
-    head = (f"{name}, {args.method} on {args.gpus} GPU(s), micro-batch {args.micro_batch} x {args.seq_len} tokens "
+    head = (f"{est.model}, {args.method} on {args.gpus} GPU(s), micro-batch {args.micro_batch} x {args.seq_len} tokens "
             f"({est.image_tokens} image tokens), checkpointing {'on' if est.grad_checkpointing else 'off'}, "
             f"accounting {args.accounting}; per GPU (busiest rank):")
     tail = [verdict]
@@ -127,7 +136,7 @@ def memory_parser(sub) -> None:
     from .methods.registry import METHODS
 
     m = sub.add_parser("memory", help="GPU memory of training with a method: breakdown, verdict, largest batch")
-    m.add_argument("--model", required=True)
+    m.add_argument("--model", required=True, help="a model name, or a parameter count (7.5e9) with --accounting paper")
     m.add_argument("--method", required=True, choices=METHODS)
     m.add_argument("--gpus", type=int, default=1)
     m.add_argument("--micro-batch", type=int, default=1)

@@ -184,6 +184,17 @@ def test_cli_memory(capsys):
     assert "accounting='paper' has no activations" in capsys.readouterr().err
 
 
+def test_the_memory_command_takes_a_parameter_count_for_paper_accounting(capsys):
+    from llava_nb.cli import main
+
+    assert main(["memory", "--model", "7.5e9", "--method", "zero3", "--gpus", "8", "--accounting", "paper",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steady_gib"] == estimate_memory(7_500_000_000, "zero3", gpus=8, accounting="paper").steady_gib
+    assert main(["memory", "--model", "7.5e9", "--method", "zero3"]) == 2  # a count has no activations to measure
+    assert "only works with accounting='paper'" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- real runs
 
 
