@@ -443,3 +443,37 @@ def test_ranks_needing_the_pretrained_parts_train_each_once(tmp_path):
     assert sorted(calls.read_text().split()) == ["pretrain_language", "pretrain_vision"]
     assert (tmp_path / "parts" / "vit" / "model.safetensors").read_text() == "pretrain_vision"
     assert not list((tmp_path / "parts").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("fast_bf16, asked, want", [(True, None, "bf16"), (False, None, "no"), (False, "bf16", "bf16")])
+def test_the_tiny_recipe_trains_in_fp32_on_a_cpu_without_bf16_instructions(monkeypatch, capsys, fast_bf16, asked,
+                                                                              want):
+    from llava_nb.methods.registry import get_method
+    from llava_nb.training import api
+
+    monkeypatch.setattr(api, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(api, "_told_fp32", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    settings = {} if asked is None else {"mixed_precision": asked}
+    cfg = api._config(None, dict(settings), True, 2, get_method("ddp").for_stage(2))
+    assert cfg.mixed_precision == want
+    assert ("no bf16 instructions" in capsys.readouterr().out) == (want == "no")
+    real = api._config(None, {}, False, 2, get_method("zero3").for_stage(2))  # a real checkpoint's recipe: as LLaVA's
+    assert real.mixed_precision == "bf16"
+
+
+def test_cpu_bf16_check_agrees_with_the_cpu_flags():
+    """torch's check (oneDNN's bf16 path) against /proc/cpuinfo: AVX-512 BW/VL/DQ or AMX on x86 means yes, a CPU with
+    neither means no (the AVX2-only case where bf16 autocast was measured 8-10x slower than fp32)."""
+    from llava_nb.training.launch import cpu_has_fast_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists() or "flags" not in cpuinfo.read_text():
+        pytest.skip("no x86 /proc/cpuinfo here")
+    flags = set(next(x for x in cpuinfo.read_text().splitlines() if x.startswith("flags")).split(":")[1].split())
+    if {"avx512bw", "avx512vl", "avx512dq"} <= flags or "amx_bf16" in flags:
+        assert cpu_has_fast_bf16()
+    elif not any(f.startswith(("avx512", "amx")) for f in flags):
+        assert not cpu_has_fast_bf16()
+    else:
+        pytest.skip("a partial AVX-512 set: torch decides")

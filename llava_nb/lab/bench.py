@@ -7,7 +7,8 @@
 * ``python -m llava_nb.lab.bench seeds``: the tiny recipe's stages 1 and 2 with seeds 0, 1 and 2 (seed 0 is the
   pipeline's run) -> ``tiny_seeds.json``;
 * ``python -m llava_nb.lab.bench step-time``: one stage-2 training step of the tiny LLaVA-1.5 on one CPU core (each
-  of the 2 training processes' share), SDPA or eager attention, fp32 or bf16 autocast -> ``cpu_step_time.json``;
+  of the 2 training processes' share), SDPA or eager attention, fp32 or bf16 autocast -> ``cpu_step_time.json``, or
+  ``cpu_step_time_no_bf16.json`` on a CPU without bf16 instructions;
 * ``python -m llava_nb.lab.bench memory``: how long one ``estimate_memory`` call takes once the model's shapes are
   cached (the widgets need well under 5 ms) -> ``memory_calculator.json``;
 * ``python -m llava_nb.lab.bench cli``: the wall time of ``import llava_nb`` and of the pure-arithmetic commands
@@ -47,9 +48,22 @@ def machine() -> dict:
     import torch
     import transformers
 
+    from ..training.launch import cpu_has_fast_bf16
+
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine(),
+            "cpu": _cpu_name(), "bf16_instructions": cpu_has_fast_bf16(),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "cuda": torch.cuda.is_available(), "profile": os.environ.get("LLAVA_NB_PROFILE", "tiny")}
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 PIPELINE_BUDGET_S = 300.0
@@ -156,7 +170,9 @@ def bench_step_time(model: str = "tiny-llava-1.5", micro_batch: int = 16, thread
                          **cpu_step_profile(copy_, batch, bf16)})
     record = {"model": model, "micro_batch": micro_batch, "seq_len": batch["input_ids"].shape[1], "threads": threads,
               "rows": rows, "machine": machine(), "date": date.today().isoformat()}
-    (BENCHMARKS_DIR / "cpu_step_time.json").write_text(json.dumps(record, indent=2) + "\n")
+    # the chapter's analysis reads a CPU with bf16 instructions; one without them gets its own file
+    name = "cpu_step_time.json" if record["machine"]["bf16_instructions"] else "cpu_step_time_no_bf16.json"
+    (BENCHMARKS_DIR / name).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

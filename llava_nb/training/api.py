@@ -23,12 +23,13 @@ import json
 import time
 from pathlib import Path
 
+import torch
 
 from ..errors import LlavaNbError, TrainingError  # noqa: F401 (TrainingError re-exported: chapters import it here)
 from ..models.local import resolve as resolve_checkpoint
 from ..paths import CACHE_DIR
 from .config import FULL_METHODS, TINY_METHOD, ConfigError, TrainConfig, TrainSpec
-from .launch import check_gpus, default_num_processes, launch
+from .launch import check_gpus, cpu_has_fast_bf16, default_num_processes, launch
 from .loading import _model_config, tiny_name
 from .output_dir import check_resume_settings, latest_checkpoint, prepare_output
 from .preflight import check_data, check_model
@@ -161,8 +162,25 @@ def _synthetic_for(model: str, tiny: str | None, stage: int, seed: int, cfg: Tra
 def _config(config: TrainConfig | None, settings: dict, tiny: bool, stage: int, method) -> TrainConfig:
     """``config`` with ``settings`` applied, or the recipe for this model, stage and method with them."""
     if config is None:
-        return TrainConfig.recipe(tiny, stage, method.adapter.name != "none", **settings)
+        cfg = TrainConfig.recipe(tiny, stage, method.adapter.name != "none", **settings)
+        return _tiny_precision(cfg) if tiny and "mixed_precision" not in settings else cfg
     return dataclasses.replace(config, **settings)
+
+
+_told_fp32 = False  # the line below is printed once per process
+
+
+def _tiny_precision(cfg: TrainConfig) -> TrainConfig:
+    """The tiny recipe's bf16 autocast, kept on GPUs and on CPUs with bf16 instructions; fp32 on other CPUs, where
+    emulated bf16 makes a step several times slower than fp32 (``launch.cpu_has_fast_bf16``). Said, not silent."""
+    global _told_fp32
+    if cfg.mixed_precision != "bf16" or torch.cuda.is_available() or cpu_has_fast_bf16():
+        return cfg
+    if not _told_fp32:
+        print("this CPU has no bf16 instructions (bf16 autocast would be emulated, several times slower than fp32): "
+              "the tiny recipe trains in fp32 here; mixed_precision='bf16' asks for bf16 anyway", flush=True)
+        _told_fp32 = True
+    return dataclasses.replace(cfg, mixed_precision="no")
 
 
 def _plan(model: str, method, cfg: TrainConfig, processes: int):

@@ -25,12 +25,12 @@ from ..errors import LlavaNbError
 #: then learns markedly worse than from a lower-lr stage 1 (measured while building the book; see the notes).
 #: Stage 2 comes from experiments/gpu/sweep_recipe.py (chapter 04): with the committed pretrained parts, lr 5e-4 with
 #: weight decay 0.5 on the matrices, batches *not* grouped by length (which stalls "Is there a <colour> shape?"),
-#: bf16 autocast (a cheaper step on CPUs with bf16 instructions) and eager attention: under bf16 autocast on a CPU,
-#: PyTorch's SDPA runs its flash-attention kernel, whose backward pass at these tiny shapes costs more than the
-#: matrix products (``bench step-time``; chapter 04), and eager attention makes a step ~1.7x faster. Real models on
-#: GPUs keep the default (SDPA). 14 epochs, not 12: on seeds 0-4 they raised the mean held-out accuracy with eager
-#: attention from 0.909 to 0.931. Over ten seeds the recipe averages just over 90% but misses it in some seeds:
-#: "exists" stays a close call at this size.
+#: bf16 autocast (a cheaper step on CPUs with bf16 instructions; fp32 on others: ``api._tiny_precision``) and eager
+#: attention: under bf16 autocast on a CPU, PyTorch's SDPA runs its flash-attention kernel, whose backward pass at
+#: these tiny shapes costs more than the matrix products (``bench step-time``; chapter 04), and eager attention makes
+#: a step ~1.7x faster. Real models on GPUs keep the default (SDPA). 14 epochs, not 12: on seeds 0-4 they raised the
+#: mean held-out accuracy with eager attention from 0.909 to 0.931. Over ten seeds the recipe averages just over 90%
+#: but misses it in some seeds: "exists" stays a close call at this size.
 TINY_HYPERPARAMS = {
     1: dict(lr=2e-4, epochs=1, batch_size=32, max_length=512, warmup_ratio=0.05),
     2: dict(lr=5e-4, epochs=14, batch_size=32, max_length=512, warmup_ratio=0.05, weight_decay=0.5,

@@ -68,6 +68,14 @@ def device_for_ranks(ranks: int) -> str:
     return "cpu"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products on its own instructions (oneDNN's bf16 path: AVX-512 or AMX on
+    x86, the BF16 extension on Arm). Without them, bf16 autocast on a CPU is emulated: on an AVX2-only AMD EPYC a
+    tiny stage-2 step took 8-10x its fp32 time (``data/benchmarks/cpu_step_time_no_bf16.json``). The check is
+    torch's own (``torch.ops.mkldnn._is_mkldnn_bf16_supported``, which torch's tests use; there is no public one)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def check_gpus(num_processes: int) -> None:
     """On a machine with GPUs each process takes one (NCCL refuses two ranks on one device, "Duplicate GPU
     detected", after the model has loaded): more processes than GPUs is an error here, before anything starts. Not
