@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
 from ..paths import BENCHMARKS_DIR, DATA_DIR, REPO_ROOT
+from .machine import machine
 
 BUDGET_S = 90.0
 
@@ -42,28 +42,6 @@ def time_notebook(path: Path, timeout: int = 600) -> float:
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     return time.perf_counter() - start
-
-
-def machine() -> dict:
-    import torch
-    import transformers
-
-    from ..training.launch import cpu_has_fast_bf16
-
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine(),
-            "cpu": _cpu_name(), "bf16_instructions": cpu_has_fast_bf16(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cuda": torch.cuda.is_available(), "profile": os.environ.get("LLAVA_NB_PROFILE", "tiny")}
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 PIPELINE_BUDGET_S = 300.0

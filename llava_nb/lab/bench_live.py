@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from ..paths import BENCHMARKS_DIR, REPO_ROOT
-from .bench import machine
+from .machine import machine
 
 #: a page per calculator (the memory chapter's page also holds the comparison, which the same load starts)
 PAGES = {"memory": "book/06_memory.html", "tokens": "book/02_versions.html", "lora": "book/09_lora.html"}
