@@ -86,9 +86,11 @@ unit: venv
 
 # nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite); then
 # every chapter that ran to its end goes into Jupyter Book's execution cache, for `make book` (even when another failed).
+# --nbmake-timeout is per cell, as _config.yml's timeout: a guard against a hung cell, above chapter 04's tiny stage 2
+# on a 2-core CPU without bf16 instructions (README).
 notebooks: venv
 	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
-	$(CHAPTER_GPUS) $(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=600 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
+	$(CHAPTER_GPUS) $(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=1200 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
 		status=$$?; $(if $(filter tiny,$(PROFILE)),$(PY) book/_ext/book_build.py cache $(EXECUTED) && ,)exit $$status
 
 built-book: venv

@@ -122,13 +122,15 @@ def load_lora(base, adapter_dir: str | Path, merge: bool = False):
     return model.merge_and_unload() if merge else model
 
 
-def qlora_quantization_config():
-    """NF4 with double quantization and bf16 compute. transformers 5 matches ``llm_int8_skip_modules`` by prefix or
-    suffix, not substring, so the modules are named by their full path ("multi_modal_projector" alone would not
-    match ``model.multi_modal_projector.linear_1``; see the QLoRA chapter)."""
+def qlora_quantization_config(compute_dtype=None):
+    """NF4 with double quantization, computing in ``compute_dtype`` (default bf16). LLaVA computes its 4-bit layers
+    in bf16 under ``--bf16 True`` and in fp32 without it (haotian-liu/LLaVA@c121f04 llava/train/train.py:795,810):
+    ``methods.setup.load_kwargs`` follows the run's ``mixed_precision`` the same way. transformers 5 matches
+    ``llm_int8_skip_modules`` by prefix or suffix, not substring, so the modules are named by their full path
+    ("multi_modal_projector" alone would not match ``model.multi_modal_projector.linear_1``; see the QLoRA chapter)."""
     import torch
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16,
                               llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"])

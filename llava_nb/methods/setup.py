@@ -38,13 +38,18 @@ class SetupOptions:
 
 def load_kwargs(method: Method | str, mixed_precision: str = "bf16") -> dict:
     """``from_pretrained`` arguments for ``method``'s model: QLoRA's 4-bit quantization; otherwise the dtype the
-    method keeps its weights in, so that a 7B is never materialised in a dtype it is cast out of."""
+    method keeps its weights in, so that a 7B is never materialised in a dtype it is cast out of.
+
+    QLoRA computes in bf16 with ``mixed_precision="bf16"`` and in fp32 with "no", as LLaVA's ``compute_dtype``
+    follows ``--bf16`` (llava/train/train.py:795): the tiny recipe's fp32 QLoRA really runs in fp32, and a CPU
+    without bf16 instructions is not made to emulate bf16 in every 4-bit layer."""
     method = get_method(method)
     states = method.states(mixed_precision)
     if method.adapter.quantized:
         from .lora import qlora_quantization_config
 
-        return {"dtype": torch.bfloat16, "quantization_config": qlora_quantization_config()}
+        compute = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+        return {"dtype": compute, "quantization_config": qlora_quantization_config(compute)}
     if method.adapter.name != "none":
         return {"dtype": DTYPES[states.frozen]}
     return {"dtype": DTYPES[states.weights]}
