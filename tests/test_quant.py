@@ -63,6 +63,24 @@ def test_qlora_preparation_turns_the_hidden_states_to_fp32(tmp_path):
     assert set(qlora) == {"attention input", "MLP input", "last layer input", "lm_head input"}
 
 
+@pytest.mark.filterwarnings("ignore")  # bitsandbytes' CPU kernels announce an optional package
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_qloras_4bit_layers_compute_in_the_runs_precision(tmp_path, precision, dtype):
+    """LLaVA's compute_dtype follows --bf16 (llava/train/train.py:795, passed as bnb_4bit_compute_dtype at :810):
+    the loaded Linear4bit layers compute in bf16 under mixed_precision="bf16" and in fp32 under "no" (an fp32 run
+    on a CPU without bf16 instructions must not emulate bf16 in every layer)."""
+    import bitsandbytes as bnb
+
+    import llava_nb
+    from llava_nb.methods.setup import load_kwargs
+
+    llava_nb.build_model(llava_nb.profile_model("v1.5", "tiny"), seed=0).save_pretrained(tmp_path)
+    kwargs = load_kwargs("qlora", precision)
+    assert kwargs["quantization_config"].bnb_4bit_compute_dtype == dtype and kwargs["dtype"] == dtype
+    layers = [m for m in llava_nb.load_model(tmp_path, **kwargs).modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and {m.compute_dtype for m in layers} == {dtype}
+
+
 def test_the_roundtrip_runs_where_the_weight_is():
     # a GPU weight must not meet the CPU levels (it did in chapter 11 under the full profile); the meta device stands
     # in for the GPU here: it, too, refuses a CPU operand
