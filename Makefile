@@ -90,7 +90,7 @@ unit: venv
 # on a 2-core CPU without bf16 instructions (README).
 notebooks: venv
 	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
-	$(CHAPTER_GPUS) $(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=1200 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
+	$(CHAPTER_GPUS) $(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=1800 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
 		status=$$?; $(if $(filter tiny,$(PROFILE)),$(PY) book/_ext/book_build.py cache $(EXECUTED) && ,)exit $$status
 
 built-book: venv
