@@ -6,6 +6,10 @@
 PYTHON  ?= python3
 TORCH   ?= pinned
 PROFILE ?= tiny
+# JOBS=N runs the unit tests and the chapters in N pytest-xdist workers (a file's tests stay on one worker); 1, the
+# default, runs them in one process, as CI does on its 2 cores
+JOBS    ?= 1
+XDIST   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile,)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(TORCH)
@@ -77,11 +81,11 @@ endif
 # once); then every page of that book checked in headless Chromium, offline (skipped without Chromium, see README).
 test: unit notebooks built-book browser
 
-# The CPU suite runs with every GPU hidden, so that it is the same test on any machine (its runs are CPU processes
-# over gloo, two of them where a test asks for two); then the tests marked gpu run a few real steps of each method
-# on every GPU (tests/test_gpu.py; skipped without CUDA).
+# The CPU suite runs with every GPU hidden and in the tiny profile, so that it is the same test on any machine and
+# under any PROFILE (its runs are CPU processes over gloo, two of them where a test asks for two); then the tests
+# marked gpu run a few real steps of each method on every GPU (tests/test_gpu.py; skipped without CUDA).
 unit: venv
-	CUDA_VISIBLE_DEVICES= MPLBACKEND=Agg $(PY) -m pytest -q -m "not gpu" tests
+	CUDA_VISIBLE_DEVICES= LLAVA_NB_PROFILE=tiny MPLBACKEND=Agg $(PY) -m pytest -q $(XDIST) -m "not gpu" tests
 	MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider -m gpu tests
 
 # nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite); then
@@ -90,7 +94,7 @@ unit: venv
 # on a 2-core CPU without bf16 instructions (README).
 notebooks: venv
 	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
-	$(CHAPTER_GPUS) $(PY) -m pytest -q --nbmake --overwrite --nbmake-timeout=1800 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
+	$(CHAPTER_GPUS) $(PY) -m pytest -q $(XDIST) --nbmake --overwrite --nbmake-timeout=1800 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
 		status=$$?; $(if $(filter tiny,$(PROFILE)),$(PY) book/_ext/book_build.py cache $(EXECUTED) && ,)exit $$status
 
 built-book: venv
