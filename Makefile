@@ -9,7 +9,8 @@ PROFILE ?= tiny
 # JOBS=N runs the unit tests and the chapters in N pytest-xdist workers (a file's tests stay on one worker); 1, the
 # default, runs them in one process, as CI does on its 2 cores
 JOBS    ?= 1
-XDIST   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile,)
+# (pytest-benchmark, where TORCH=system's site-packages bring it, turns xdist's presence into a warning, an error here)
+XDIST   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile -p no:benchmark,)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(TORCH)
