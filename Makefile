@@ -11,6 +11,9 @@ PROFILE ?= tiny
 JOBS    ?= 1
 # (pytest-benchmark, where TORCH=system's site-packages bring it, turns xdist's presence into a warning, an error here)
 XDIST   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile -p no:benchmark,)
+# and each worker's torch gets its share of the cores (unless OMP_NUM_THREADS is set): N workers at a thread per core
+# each oversubscribe the machine N times over
+XDIST_ENV := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 ))},)
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(TORCH)
@@ -85,9 +88,10 @@ test: unit notebooks built-book browser
 # The CPU suite runs with every GPU hidden and in the tiny profile, so that it is the same test on any machine and
 # under any PROFILE (its runs are CPU processes over gloo, two of them where a test asks for two); then the tests
 # marked gpu run a few real steps of each method on every GPU (tests/test_gpu.py; skipped without CUDA).
+# Both parts run whatever the first's outcome (one recipe line stops at its first failure, even under make -k).
 unit: venv
-	CUDA_VISIBLE_DEVICES= LLAVA_NB_PROFILE=tiny MPLBACKEND=Agg $(PY) -m pytest -q $(XDIST) -m "not gpu" tests
-	MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider -m gpu tests
+	CUDA_VISIBLE_DEVICES= LLAVA_NB_PROFILE=tiny MPLBACKEND=Agg $(XDIST_ENV) $(PY) -m pytest -q $(XDIST) -m "not gpu" tests; \
+		cpu=$$?; MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider -m gpu tests && exit $$cpu
 
 # nbmake executes copies of the chapters in $(EXECUTED)/book and writes their outputs there (--overwrite); then
 # every chapter that ran to its end goes into Jupyter Book's execution cache, for `make book` (even when another failed).
@@ -95,7 +99,7 @@ unit: venv
 # on a 2-core CPU without bf16 instructions (README).
 notebooks: venv
 	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
-	$(CHAPTER_GPUS) $(PY) -m pytest -q $(XDIST) --nbmake --overwrite --nbmake-timeout=1800 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
+	$(CHAPTER_GPUS) $(XDIST_ENV) $(PY) -m pytest -q $(XDIST) --nbmake --overwrite --nbmake-timeout=1800 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
 		status=$$?; $(if $(filter tiny,$(PROFILE)),$(PY) book/_ext/book_build.py cache $(EXECUTED) && ,)exit $$status
 
 built-book: venv

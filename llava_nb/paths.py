@@ -21,15 +21,21 @@ CACHE_DIR = Path(os.environ.get("LLAVA_NB_CACHE", REPO_ROOT / ".cache"))
 
 
 @contextlib.contextmanager
-def locked(folder: Path):
-    """Hold an exclusive lock on ``folder`` (a ``.lock`` file beside it) for the ``with`` block. (POSIX
-    ``fcntl.flock``; released when the block ends or the process dies.)"""
+def locked(folder: Path, lock_file: Path | None = None, busy=None):
+    """Hold an exclusive lock on ``folder`` (a ``.lock`` file beside it, or ``lock_file``) for the ``with`` block.
+    When another process holds it, ``busy()`` is called first (to say so, or to raise instead of waiting), then
+    this one waits its turn. (POSIX ``fcntl.flock``; released when the block ends or the process dies.)"""
     import fcntl
 
-    lock_file = Path(folder).with_name(Path(folder).name + ".lock")
+    lock_file = Path(lock_file) if lock_file else Path(folder).with_name(Path(folder).name + ".lock")
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if busy is not None:
+                busy()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -113,7 +113,9 @@ def test_load_model_errors(tmp_path):
                                       ("liuhaotian/llava-v1.5-13b", "llava-hf/llava-1.5-13b-hf"),
                                       ("LLAVA-HF/llava-v1.6-mistral-7b-hf", "llava-hf/llava-v1.6-mistral-7b-hf")])
 def test_load_model_resolves_names_to_hub_checkpoints_safely(name, hub, monkeypatch):
-    """Without network we cannot download; check what load_model asks from_pretrained for."""
+    """Without network we cannot download; check what load_model asks from_pretrained for (the Hub's id: a
+    reader's LLAVA_NB_CHECKPOINTS, which would turn it into a local folder, is unset here)."""
+    monkeypatch.delenv("LLAVA_NB_CHECKPOINTS", raising=False)
     calls = []
 
     def fake_from_pretrained(cls, source, **kwargs):

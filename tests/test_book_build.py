@@ -165,3 +165,23 @@ def test_executed_chapters_become_cache_hits_for_jupyter_book_unless_their_code_
         with pytest.raises(KeyError):
             cache.match_cache_notebook(as_myst_nb_reads(changed))
     assert len(cache.list_cache_records()) == 2
+
+
+def test_an_executed_copy_of_the_book_finds_the_checkouts_asset_cache(monkeypatch):
+    """``make test`` builds the HTML from a copy of the book under build/ (``executed_copy``): its extension must
+    read the assets from the checkout's .cache, where they were fetched once (the GPU machines reach no registry),
+    not fetch them again into the copy."""
+    import importlib.util
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    monkeypatch.delenv("LLAVA_NB_CACHE", raising=False)
+    (REPO_ROOT / "build").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=REPO_ROOT / "build") as tmp:
+        copied = executed_copy(Path(tmp) / "exec")[0].parent / "_ext" / "book_assets.py"
+        spec = importlib.util.spec_from_file_location("book_assets_copy", copied)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.vendor_dir() == book_assets.vendor_dir() == REPO_ROOT / ".cache" / "book-assets" / "vendor"
+        shutil.rmtree(Path(tmp) / "exec")

@@ -150,3 +150,44 @@ def test_a_checkpoint_from_before_a_setting_existed_still_resumes(tmp_path):
     check_resume_settings(checkpoint, {"stage": 1, "config": {"lr": 1e-3, "images_outside_folder": False}})
     with pytest.raises(OutputDirError, match=r"images_outside_folder None -> True"):
         check_resume_settings(checkpoint, {"stage": 1, "config": {"lr": 1e-3, "images_outside_folder": True}})
+
+
+def test_a_readers_folder_in_use_by_another_run_is_refused_at_once(data, tmp_path):
+    """Two runs writing one folder would mix their checkpoints: the second is refused before it writes anything."""
+    from llava_nb.training.output_dir import run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out, managed=False):  # another notebook's run into this folder, in progress
+        with pytest.raises(OutputDirError, match=r"output_dir .*run is in use by another run right now"):
+            train("tiny-llava-1.5", 1, output_dir=out, **data, **FAST)
+        assert not out.exists()
+    assert train("tiny-llava-1.5", 1, output_dir=out, **data, **FAST)["finished"]
+
+
+def test_two_processes_asking_for_the_same_cached_run_take_turns(data, capsys):
+    """Two notebooks (or two test workers) that ask for the same cached run at once: the second waits for the first
+    and returns its result, instead of training into the same folder beside it."""
+    import json
+    import shutil
+    import time
+
+    from llava_nb.methods.registry import get_method
+    from llava_nb.training.api import default_output_dir
+
+    seed = 8101  # a cache folder of its own
+    out = default_output_dir("tiny-llava-1.5", 1, get_method("ddp").for_stage(1).key, seed)
+    shutil.rmtree(out, ignore_errors=True)
+    call = {"model": "tiny-llava-1.5", "stage": 1, "seed": seed, **{k: str(v) for k, v in data.items()}, **FAST}
+    first = subprocess.Popen([sys.executable, "-c", "import json, sys; from llava_nb.training.api import train; "
+                              "print(json.dumps(train(**json.loads(sys.argv[1]))))", json.dumps(call)],
+                             stdout=subprocess.PIPE, text=True)
+    for _ in range(600):  # until the first process has taken the folder (its manifest is written under the lock)
+        if (out / "run.json").exists() or first.poll() is not None:
+            break
+        time.sleep(0.1)
+    second = train(**call)
+    printed, _ = first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert "waiting for it, then using its result" in capsys.readouterr().out
+    assert second["cached"] and second["losses"] == json.loads(printed.splitlines()[-1])["losses"]
+    shutil.rmtree(out)

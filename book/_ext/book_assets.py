@@ -84,9 +84,12 @@ def _wanted(member: str, files: dict):
 
 
 def vendor_dir() -> Path:
-    # the package's cache folder (llava_nb.paths.CACHE_DIR), found without importing the package
-    cache = Path(os.environ.get("LLAVA_NB_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
-    return cache / "book-assets" / "vendor"
+    """The package's cache folder (``llava_nb.paths.CACHE_DIR``), found without importing the package: the
+    repository's ``.cache`` also when this file runs from an executed copy of the book inside the repository
+    (``build/executed/book/_ext``, which ``make test`` builds), so that the assets are fetched once per checkout."""
+    here = Path(__file__).resolve()
+    root = next((p for p in here.parents if (p / "llava_nb" / "paths.py").is_file()), here.parents[2])
+    return Path(os.environ.get("LLAVA_NB_CACHE", root / ".cache")) / "book-assets" / "vendor"
 
 
 def fetch(dest: Path | None = None) -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -29,9 +30,9 @@ from ..errors import LlavaNbError, TrainingError  # noqa: F401 (TrainingError re
 from ..models.local import resolve as resolve_checkpoint
 from ..paths import CACHE_DIR
 from .config import FULL_METHODS, TINY_METHOD, ConfigError, TrainConfig, TrainSpec
-from .launch import check_gpus, cpu_has_fast_bf16, default_num_processes, launch
+from .launch import check_gpus, cpu_has_fast_bf16, default_num_processes, in_distributed_launch, launch
 from .loading import _model_config, tiny_name
-from .output_dir import check_resume_settings, latest_checkpoint, prepare_output
+from .output_dir import check_resume_settings, latest_checkpoint, prepare_output, run_lock
 from .preflight import check_data, check_model
 from .safe_resume import check_resume_folder
 from .worker import TRACEBACK_MARK
@@ -117,13 +118,22 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     if cfg.resume_lr and cfg.resume_from is None and latest_checkpoint(out) is None:
         raise ConfigError(f"resume_lr={cfg.resume_lr!r} changes the learning rate of a resumed run, and there is no "
                           "checkpoint to resume from; give resume_from (--resume-from), or set lr for a new run")
-    previous, resume = prepare_output(out, fingerprint, cfg.force, cfg.resume_from, managed=output_dir is None)
-    if previous:
-        return previous
+    lock = nullcontext() if in_distributed_launch() else run_lock(out, managed=output_dir is None)
+    with lock:  # one run per folder at a time (two notebooks asking for the same cached run take turns)
+        previous, resume = prepare_output(out, fingerprint, cfg.force, cfg.resume_from, managed=output_dir is None)
+        if previous:
+            return previous
+        return _run(spec, cfg, resume, stage1, plan, processes, start)
+
+
+def _run(spec: TrainSpec, cfg: TrainConfig, resume: str | None, stage1: dict | None, plan, processes: int,
+         start: float) -> dict:
+    """Stage 1 first where it is needed, then the workers; ``result.json`` with what ``train`` adds."""
+    out = Path(spec.output_dir)
     prior = None
     if stage1:
         prior = train(**stage1["call"])
-        assert prior["final_dir"] == model, (prior["final_dir"], model)
+        assert prior["final_dir"] == spec.model, (prior["final_dir"], spec.model)
     if resume != cfg.resume_from:  # this run's own folder: it continues from its latest checkpoint
         check_resume_folder(resume)
         spec.config = dataclasses.replace(cfg, resume_from=resume)

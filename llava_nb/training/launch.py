@@ -14,7 +14,8 @@ from ..errors import LlavaNbError
 from .config import TrainSpec
 from .worker import run_worker
 
-def _in_distributed_launch() -> bool:
+def in_distributed_launch() -> bool:
+    """Whether this process is one of several ranks started by ``accelerate launch`` or ``torchrun``."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
 
 
@@ -80,7 +81,7 @@ def check_gpus(num_processes: int) -> None:
     """On a machine with GPUs each process takes one (NCCL refuses two ranks on one device, "Duplicate GPU
     detected", after the model has loaded): more processes than GPUs is an error here, before anything starts. Not
     checked inside ``accelerate launch``/``torchrun``, where the launcher placed the processes."""
-    if _in_distributed_launch() or not torch.cuda.is_available():
+    if in_distributed_launch() or not torch.cuda.is_available():
         return
     gpus = torch.cuda.device_count()
     if num_processes > gpus:
@@ -190,7 +191,7 @@ def launch(spec: TrainSpec, num_processes: int) -> str:
         from .._compat import deepspeed_probes_only_the_ops_it_uses
 
         deepspeed_probes_only_the_ops_it_uses()  # before this process or its forks set DeepSpeed up: see _compat
-    if _in_distributed_launch():
+    if in_distributed_launch():
         run_worker(spec)
         return LAUNCHED
     if num_processes == 1 and get_method(spec.method).engine.kind != "ddp":

@@ -18,16 +18,21 @@ Before any process starts, ``prepare_output`` looks at the folder a run is given
 
 The project's own cache folders (``default_output_dir``, under ``.cache/runs``) are the exception: they hold no
 reader's files, and a run with other settings, or ``force``, replaces what is there.
+
+One run at a time per folder (``run_lock``): two notebooks that ask for the same cached run take turns, and the
+second gets the first's result; a second run into a reader's folder that is in use is refused at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 from pathlib import Path
 
 from ..errors import LlavaNbError
+from ..paths import CACHE_DIR, locked
 
 MANIFEST = "run.json"
 CHECKPOINT = re.compile(r"step_(\d+)")
@@ -35,6 +40,24 @@ CHECKPOINT = re.compile(r"step_(\d+)")
 
 class OutputDirError(LlavaNbError):
     """The output folder holds files that are not this run's own."""
+
+
+def run_lock(out: Path, managed: bool):
+    """A context that holds ``out`` for one run (from ``prepare_output`` until ``result.json`` is written), so that
+    two processes never write one folder. The lock file lives in the cache (``locks/``), never beside a reader's
+    folder. A cache folder (``managed``) in use: wait, then find the other run's result there. A reader's folder
+    in use: ``OutputDirError`` at once. (Under ``accelerate launch`` every rank calls ``train()`` for the same run:
+    the caller takes no lock there.)"""
+    key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:16]
+
+    def busy():
+        if not managed:
+            raise OutputDirError(f"output_dir {out} is in use by another run right now (another notebook or process); "
+                                 "wait for it to finish, or choose another folder")
+        print(f"another process is running this same run in {out}: waiting for it, then using its result",
+              flush=True)
+
+    return locked(out, lock_file=CACHE_DIR / "locks" / f"{Path(out).name[:80]}-{key}.lock", busy=busy)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
