@@ -188,6 +188,6 @@ def test_two_processes_asking_for_the_same_cached_run_take_turns(data, capsys):
     second = train(**call)
     printed, _ = first.communicate(timeout=300)
     assert first.returncode == 0
-    assert "waiting for it, then using its result" in capsys.readouterr().out
+    assert "waiting for it to finish (its result is used if it is this same run)" in capsys.readouterr().out
     assert second["cached"] and second["losses"] == json.loads(printed.splitlines()[-1])["losses"]
     shutil.rmtree(out)

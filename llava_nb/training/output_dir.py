@@ -45,17 +45,19 @@ class OutputDirError(LlavaNbError):
 def run_lock(out: Path, managed: bool):
     """A context that holds ``out`` for one run (from ``prepare_output`` until ``result.json`` is written), so that
     two processes never write one folder. The lock file lives in the cache (``locks/``), never beside a reader's
-    folder. A cache folder (``managed``) in use: wait, then find the other run's result there. A reader's folder
-    in use: ``OutputDirError`` at once. (Under ``accelerate launch`` every rank calls ``train()`` for the same run:
-    the caller takes no lock there.)"""
+    folder. A cache folder (``managed``) in use: wait, then use the other run's result if it is this run (if not,
+    replace it, as for any cache folder: a process still reading the old run's files after its ``train()`` returned
+    is not protected, so runs with other settings get folders of their own). A reader's folder in use:
+    ``OutputDirError`` at once. (Under ``accelerate launch`` every rank calls ``train()`` for the same run: the
+    caller takes no lock there.)"""
     key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:16]
 
     def busy():
         if not managed:
             raise OutputDirError(f"output_dir {out} is in use by another run right now (another notebook or process); "
                                  "wait for it to finish, or choose another folder")
-        print(f"another process is running this same run in {out}: waiting for it, then using its result",
-              flush=True)
+        print(f"another process is running a run in {out}: waiting for it to finish (its result is used if it is "
+              "this same run)", flush=True)
 
     return locked(out, lock_file=CACHE_DIR / "locks" / f"{Path(out).name[:80]}-{key}.lock", busy=busy)
 
