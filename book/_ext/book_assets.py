@@ -83,13 +83,21 @@ def _wanted(member: str, files: dict):
                 yield target + Path(path).name
 
 
+def _package() -> Path:
+    """The installed (editable) ``llava_nb`` package's folder, found without importing it; not a path beside this
+    file: `make test` builds from a copy of the book elsewhere (``build/executed/book/_ext``). Where no
+    ``llava_nb`` is installed (``python3 book/_ext/book_assets.py`` outside the venv), this checkout's."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llava_nb")
+    return Path(spec.origin).parent if spec else Path(__file__).resolve().parents[2] / "llava_nb"
+
+
 def vendor_dir() -> Path:
-    """The package's cache folder (``llava_nb.paths.CACHE_DIR``), found without importing the package: the
-    repository's ``.cache`` also when this file runs from an executed copy of the book inside the repository
-    (``build/executed/book/_ext``, which ``make test`` builds), so that the assets are fetched once per checkout."""
-    here = Path(__file__).resolve()
-    root = next((p for p in here.parents if (p / "llava_nb" / "paths.py").is_file()), here.parents[2])
-    return Path(os.environ.get("LLAVA_NB_CACHE", root / ".cache")) / "book-assets" / "vendor"
+    """The package's cache folder (``llava_nb.paths.CACHE_DIR``: ``LLAVA_NB_CACHE``, or ``.cache`` beside the
+    package), also from a copy of the book, so that the assets are fetched once per checkout."""
+    cache = Path(os.environ.get("LLAVA_NB_CACHE", _package().parent / ".cache"))
+    return cache / "book-assets" / "vendor"
 
 
 def fetch(dest: Path | None = None) -> Path:
@@ -147,11 +155,9 @@ CORE = "llava_nb_core.zip"  # the package the live calculators import under Pyod
 def write_core(path: Path) -> Path:
     """Zip this checkout's ``llava_nb`` (its sources, no caches) for the live calculators, with fixed timestamps so
     that the same sources give the same bytes. Only its pure-Python core is imported in the browser."""
-    import importlib.util
     import zipfile
 
-    # the installed (editable) package, not a path beside this file: `make test` builds a copy of the book elsewhere
-    package = Path(importlib.util.find_spec("llava_nb").origin).parent
+    package = _package()
     tmp = path.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for source in sorted(package.rglob("*.py")):

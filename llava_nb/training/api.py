@@ -118,9 +118,10 @@ def train(model, stage, method: str | None = None, data=None, image_folder=None,
     if cfg.resume_lr and cfg.resume_from is None and latest_checkpoint(out) is None:
         raise ConfigError(f"resume_lr={cfg.resume_lr!r} changes the learning rate of a resumed run, and there is no "
                           "checkpoint to resume from; give resume_from (--resume-from), or set lr for a new run")
-    lock = nullcontext() if in_distributed_launch() else run_lock(out, managed=output_dir is None)
+    managed = output_dir is None  # the project's own cache folder
+    lock = nullcontext() if in_distributed_launch() else run_lock(out, managed)
     with lock:  # one run per folder at a time (two notebooks asking for the same cached run take turns)
-        previous, resume = prepare_output(out, fingerprint, cfg.force, cfg.resume_from, managed=output_dir is None)
+        previous, resume = prepare_output(out, fingerprint, cfg.force, cfg.resume_from, managed)
         if previous:
             return previous
         return _run(spec, cfg, resume, stage1, plan, processes, start)
