@@ -230,6 +230,10 @@ def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg,
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
+                # keep the value, not the graph: a loss still referenced holds its graph's leaves (under LoRA the
+                # embeddings' outputs that the input-require-grad hooks make leaves, with their .grad) through the
+                # next forward and into the steady reading
+                loss = loss.detach()
                 # DeepSpeed clips inside its step, at its config's gradient_clipping (max_grad_norm, set by
                 # methods.deepspeed); Accelerate's clip_grad_norm_ only reads the engine's norm there
                 if cfg.max_grad_norm and accelerator.sync_gradients and not _deepspeed(accelerator):
@@ -249,6 +253,7 @@ def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg,
                 cfg.stop_after and progress.step >= cfg.stop_after)
             if done:
                 break
+    batch = loss = None  # the last micro-batch is no state the run keeps: out of the steady reading
     accelerator.wait_for_everyone()
     return probe.read(), meter.read(accelerator.num_processes)
 
