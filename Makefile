@@ -11,8 +11,10 @@ PROFILE ?= tiny
 JOBS    ?= 1
 # (pytest-benchmark, where TORCH=system's site-packages bring it, turns xdist's presence into a warning, an error here)
 XDIST   := $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile -p no:benchmark,)
-# and each worker's torch gets its share of the cores (unless OMP_NUM_THREADS is set): N workers at a thread per core
-# each oversubscribe the machine N times over
+# and each unit-test worker's torch gets its share of the cores (unless OMP_NUM_THREADS is set): N workers at a thread
+# per core each oversubscribe the machine N times over (on 16 cores, JOBS=8: 1041 s, with the share: 515 s). The
+# chapters keep every core: with the share, 8 at a time on one H200 had 10 of 12 done after ~850 s, against 11 of 12
+# in 210 s without it (data/gpu/test_runs.jsonl, runs 6 and 5; chapters 07 and 08 also train runs of their own now)
 XDIST_ENV := $(if $(filter-out 1,$(JOBS)),OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 ))},)
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -99,7 +101,7 @@ unit: venv
 # on a 2-core CPU without bf16 instructions (README).
 notebooks: venv
 	$(PY) book/_ext/book_build.py copy $(EXECUTED) > /dev/null
-	$(CHAPTER_GPUS) $(XDIST_ENV) $(PY) -m pytest -q $(XDIST) --nbmake --overwrite --nbmake-timeout=1800 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
+	$(CHAPTER_GPUS) $(PY) -m pytest -q $(XDIST) --nbmake --overwrite --nbmake-timeout=1800 -p no:cacheprovider $(EXECUTED)/book/*.ipynb; \
 		status=$$?; $(if $(filter tiny,$(PROFILE)),$(PY) book/_ext/book_build.py cache $(EXECUTED) && ,)exit $$status
 
 built-book: venv
