@@ -93,3 +93,46 @@ def test_the_calculator_counts_what_train_builds(name, trained):
     estimate = estimate_memory(MODEL, name, lora_r=16, seq_len=512)
     assert run["trainable"] == estimate.trainable
     assert run["states"] == estimate.states == get_method(name).states("bf16").as_dict()
+
+
+@pytest.mark.parametrize("method", ["lora", "ddp"])
+def test_setup_leaves_no_input_require_grad_hooks_and_the_gradients_unchanged(method):
+    """transformers' checkpointing and peft register hooks that make every input embedding's output require grad,
+    the frozen ViT's patch embeddings included; setup_model removes them (non-reentrant checkpointing needs none).
+    The trained parameters' gradients are the same as with the hooks, and the frozen ViT is no longer differentiated
+    through: its patch embedding's output does not require grad."""
+    import torch
+
+    import llava_nb
+    from llava_nb.lab.harness import synthetic_batch
+    from llava_nb.methods.setup import setup_model
+    from llava_nb.models.params import model_parts
+
+    def hooked(model):
+        return sorted(name for name, m in model.named_modules()
+                      for hook in m._forward_hooks.values() if "require_grad" in getattr(hook, "__name__", ""))
+
+    def grads(model, batch):
+        """The trained parameters' gradients, and whether the ViT's patch embeddings required grad (read by a hook
+        registered after any other)."""
+        seen = []
+        handle = patch.register_forward_hook(lambda m, i, out: seen.append(out.requires_grad))
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        handle.remove()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, seen
+
+    model = setup_model(llava_nb.build_model(MODEL, seed=0), get_method(method).for_stage(2),
+                        gradient_checkpointing=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                        mixed_precision="no")
+    assert hooked(model) == []
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    batch = synthetic_batch(base.config, 2, 600, "cpu")
+    patch = model_parts(base)["vision_tower"].get_input_embeddings()
+    without, differentiated = grads(model, batch)
+    base.enable_input_require_grads()  # what transformers and peft leave behind
+    assert hooked(model)
+    with_hooks, differentiated_with_hooks = grads(model, batch)
+    assert differentiated == [False] and differentiated_with_hooks == [True]
+    assert without.keys() == with_hooks.keys() and all(torch.allclose(without[n], with_hooks[n], atol=1e-6)
+                                                       for n in without)

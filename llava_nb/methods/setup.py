@@ -93,8 +93,23 @@ def _no_kv_cache(model: nn.Module) -> None:
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant gradient checkpointing of the transformer blocks."""
+    """Non-reentrant gradient checkpointing of the transformer blocks, without the input-require-grad hooks."""
     model.activation_checkpointing_enable({"use_reentrant": False})
+    _no_input_require_grads(model)
+
+
+def _no_input_require_grads(model: nn.Module) -> None:
+    """Remove the hooks that make each input embedding's output require grad (``enable_input_require_grads``).
+
+    transformers' ``activation_checkpointing_enable`` registers one on every sub-model's input embeddings, the ViT's
+    patch embedding included, and peft's ``get_peft_model`` registers them again. Only reentrant checkpointing needs
+    them (peft says so in ``prepare_model_for_kbit_training``); this checkpointing is non-reentrant. Left in, they
+    turn the frozen ViT's patch embeddings into a leaf that requires grad: autograd then runs backward through the
+    frozen ViT, keeps its layers' inputs from forward to backward and holds the leaves' gradients, none of which
+    LLaVA does (its vision tower runs under ``torch.no_grad``, llava/model/multimodal_encoder/clip_encoder.py:45).
+    ``disable_input_require_grads`` removes the set its model's last ``enable`` registered, so it is called after
+    each one (on the base model under peft, which holds the handles)."""
+    model.disable_input_require_grads()
 
 
 def _add_adapters(model: nn.Module, method: Method, opt: SetupOptions, states) -> nn.Module:
@@ -110,11 +125,13 @@ def _add_adapters(model: nn.Module, method: Method, opt: SetupOptions, states) -
         # checkpointing; non-reentrant checkpointing is passed explicitly.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=opt.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
+        _no_input_require_grads(model)
     else:
         _cast(model, DTYPES[states.frozen])
         if opt.gradient_checkpointing:
             _enable_checkpointing(model)
     model = get_peft_model(model, llava_lora_config(opt.lora_r, opt.lora_alpha, opt.lora_dropout))
+    _no_input_require_grads(model.get_base_model())
     if opt.unfreeze_vision:
         model_parts(model.get_base_model())["vision_tower"].requires_grad_(True)
     for p in model.parameters():  # adapters and the projector's trained copy in the method's weight dtype
