@@ -198,6 +198,20 @@ def test_the_memory_command_takes_a_parameter_count_for_paper_accounting(capsys)
 # ---------------------------------------------------------------- real runs
 
 
+def test_compare_predicts_with_the_deepspeed_settings_a_run_changed():
+    """A record measured with other ZeRO buckets (``zero_overrides``) is predicted with them; settings the calculator
+    does not model are left out rather than refused."""
+    from llava_nb.memory.validation import compare, load_measurements
+
+    record = {**load_measurements()[0], "model": "llava-1.5-7b", "method": "zero3", "gpus": 2, "micro_batch": 2,
+              "seq_len": 2048, "grad_checkpointing": True, "oom": True,
+              "zero_overrides": {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 500_000_000}}
+    changed, default = compare([record, {**record, "zero_overrides": {}}])
+    assert changed["predicted_peak_gib"] == estimate_memory("llava-1.5-7b", "zero3", gpus=2, micro_batch=2,
+                                                            reduce_bucket_size=500_000_000).peak_gib
+    assert changed["predicted_peak_gib"] != default["predicted_peak_gib"]
+
+
 def test_committed_gpu_runs_within_tolerance():
     """Every committed GPU point: steady within 3%, peak within 10%, and the right fits / out-of-memory verdict."""
     from llava_nb.memory.validation import PEAK_TOLERANCE, STEADY_TOLERANCE, compare

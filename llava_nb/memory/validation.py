@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .estimate import GIB, estimate_memory
+from .estimate import GIB, OPTIONS, estimate_memory
 from ..paths import DATA_DIR
 
 MEASUREMENTS = DATA_DIR / "measurements" / "memory_gpu.jsonl"
@@ -26,8 +26,10 @@ def compare(records: list[dict] | None = None, gpu_memory_gib: float | None = No
     """Rows of measured against predicted steady/peak (GiB), their relative errors and the fits verdicts."""
     rows = []
     for r in records if records is not None else load_measurements():
+        # the DeepSpeed settings the run changed, where the calculator models them (``estimate.OPTIONS``)
+        overrides = {k: v for k, v in (r.get("zero_overrides") or {}).items() if k in OPTIONS}
         est = estimate_memory(r["model"], r["method"], gpus=r["gpus"], micro_batch=r["micro_batch"],
-                              seq_len=r["seq_len"], grad_checkpointing=r["grad_checkpointing"])
+                              seq_len=r["seq_len"], grad_checkpointing=r["grad_checkpointing"], **overrides)
         usable = gpu_memory_gib or r.get("cap_gib") or r["versions"].get("gpu_total_gib")
         row = {"method": r["method"], "gpus": r["gpus"], "micro_batch": r["micro_batch"], "seq_len": r["seq_len"],
                "grad_checkpointing": r["grad_checkpointing"], "gpu": r["versions"].get("gpu"),
