@@ -26,7 +26,7 @@ def test_names_compose_and_read_back():
 
 
 @pytest.mark.parametrize("bad, fix", [("zero4", "engines: ddp"), ("zero3+dora", "adapter"),
-                                      ("zero3+qlora", r"use ddp\+qlora"), ("lora", "already names")])
+                                      ("zero3+qlora", r"use fsdp\+qlora .* or qlora"), ("lora", "already names")])
 def test_bad_names_say_what_to_do(bad, fix):
     with pytest.raises(UnknownMethodError, match=fix):
         get_method(bad, adapter="qlora" if bad == "lora" else None)

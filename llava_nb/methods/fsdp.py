@@ -31,14 +31,20 @@ def shard_fsdp(model: nn.Module, mesh=None) -> nn.Module:
     """FSDP2: ``fully_shard`` every LLM decoder layer and every ViT encoder layer, then the root.
 
     Sharding the ViT's encoder layers (not the whole vision tower) matters: a ``fully_shard`` on the tower module
-    breaks transformers' hidden-state capture, which LLaVA needs for layer -2 (see the FSDP chapter).
+    breaks transformers' hidden-state capture, which LLaVA needs for layer -2 (see the FSDP chapter). QLoRA's packed
+    4-bit weights are left out of every unit (``packed_4bit``) and stay whole on each rank.
     """
     from torch.distributed.fsdp import fully_shard
 
     policy = fsdp_mixed_precision()
-    parts = model_parts(model)
+    parts = model_parts(model.get_base_model() if hasattr(model, "get_base_model") else model)  # under peft too
     vision = getattr(parts["vision_tower"], "vision_model", parts["vision_tower"])
-    for layer in list(vision.encoder.layers) + list(parts["language_model"].layers):
-        fully_shard(layer, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    for unit in list(vision.encoder.layers) + list(parts["language_model"].layers) + [model]:
+        fully_shard(unit, mesh=mesh, mp_policy=policy, ignored_params=packed_4bit(unit) or None)
     return model
+
+
+def packed_4bit(module: nn.Module) -> set:
+    """bitsandbytes' 4-bit weights packed in uint8 (QLoRA's frozen base): FSDP2 cannot shard them, and they stay
+    whole on every rank, as Accelerate's ``fsdp2_prepare_model`` leaves them out of ``fully_shard`` too."""
+    return {p for p in module.parameters() if type(p).__name__ == "Params4bit" and not p.is_floating_point()}

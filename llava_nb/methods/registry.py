@@ -22,7 +22,8 @@ Adapters: ``none`` trains the projector and the LLM (LLaVA's stage 2) or the pro
 trains low-rank adapters on every LLM Linear plus the projector, the rest frozen in the compute dtype (bf16 with
 ``mixed_precision="bf16"``); ``qlora`` does the same on a 4-bit NF4 base. Names: ``zero3``; ``zero3+lora`` (or
 ``get_method("zero3", adapter="lora")``); ``lora`` and ``qlora`` are shorthands for ``ddp+lora`` and ``ddp+qlora``
-(one GPU, or DDP replicas); ``stage1`` is LLaVA's projector-only stage on ``ddp``.
+(one GPU, or DDP replicas); ``fsdp+qlora`` keeps the 4-bit base whole on every GPU and shards the rest (the ViT,
+embeddings, ``lm_head``, adapters, projector and their states); ``stage1`` is LLaVA's projector-only stage on ``ddp``.
 """
 
 from __future__ import annotations
@@ -86,10 +87,14 @@ ADAPTERS = {a.name: a for a in (
     Adapter("qlora", "QLoRA: LoRA on a 4-bit NF4 base (bitsandbytes), the projector trained in full",
             quantized=True),
 )}
-#: compositions train() runs; others are refused with the reason
-_NO_4BIT_SHARDING = ("sharding a bitsandbytes 4-bit base needs its packed weights stored as bf16 "
-                     "(bnb_4bit_quant_storage) and engine support this project has not set up or tested")
-UNSUPPORTED = {(engine, "qlora"): _NO_4BIT_SHARDING for engine in ("zero1", "zero2", "zero3", "zero3-offload", "fsdp")}
+#: compositions train() runs; others are refused with the reason. ``fsdp+qlora`` runs with the 4-bit base replicated:
+#: Accelerate keeps bitsandbytes' packed uint8 weights out of ``fully_shard`` (accelerate/utils/fsdp_utils.py,
+#: ``fsdp2_prepare_model``, 1.14+) and shards the rest. Sharding the base too needs its packed weights stored as bf16
+#: (``bnb_4bit_quant_storage``), and FSDP2 then rewrites the packed bytes that read as bf16 NaNs
+#: (bitsandbytes-foundation/bitsandbytes#1945)
+_NO_4BIT_ZERO = ("DeepSpeed would have to partition a bitsandbytes 4-bit base, which needs its packed weights stored "
+                 "as bf16 (bnb_4bit_quant_storage), a set-up this project has not made or tested")
+UNSUPPORTED = {(engine, "qlora"): _NO_4BIT_ZERO for engine in ("zero1", "zero2", "zero3", "zero3-offload")}
 SHORTHANDS = {"lora": ("ddp", "lora"), "qlora": ("ddp", "qlora"), "stage1": ("ddp", "none")}
 
 
@@ -188,11 +193,11 @@ def get_method(name, adapter: str | None = None) -> Method:
         raise UnknownMethodError(f"unknown adapter {adapter!r}; choose one of {', '.join(ADAPTERS)}")
     if (engine, adapter) in UNSUPPORTED:
         raise UnknownMethodError(f"{engine}+{adapter} is not supported: {UNSUPPORTED[engine, adapter]}; "
-                                 f"use {'ddp' if adapter == 'qlora' else engine}+{adapter}")
+                                 f"use fsdp+{adapter} (the 4-bit base on every GPU, the rest sharded) or {adapter}")
     return Method(ENGINES[engine], ADAPTERS[adapter], stage)
 
 
 #: every engine for full fine-tuning, and LoRA and QLoRA on one GPU (or DDP replicas): the methods compared side by side
 BASE_METHODS = ("ddp", "zero1", "zero2", "zero3", "zero3-offload", "fsdp", "lora", "qlora")
 #: every method a reader can name: one per supported composition (stage 2), and stage 1
-METHODS = (*BASE_METHODS, *(f"{e}+lora" for e in ENGINES if e != "ddp"), "stage1")
+METHODS = (*BASE_METHODS, *(f"{e}+lora" for e in ENGINES if e != "ddp"), "fsdp+qlora", "stage1")
