@@ -227,6 +227,21 @@ def test_committed_gpu_runs_within_tolerance():
             assert abs(r["peak_error"]) <= PEAK_TOLERANCE, r
 
 
+def test_held_out_splits_the_runs_by_the_models_walked_block_by_block():
+    from llava_nb.memory.validation import compare, compare_train_runs, held_out
+
+    rows = [{"model": "a", "steady_error": 0.01, "peak_error": -0.06}, {"model": "b", "steady_error": -0.03,
+            "peak_error": 0.02}, {"model": "b", "steady_error": 0.0, "peak_error": 0.0}, {"model": "a"}]
+    walked, out = held_out(rows, walked={"a"})
+    assert walked == {"half": "walked", "models": ["a"], "runs": 1, "worst steady error": 0.01,
+                      "worst peak error": 0.06, "steady within target": 1, "peak within target": 0}
+    assert out["models"] == ["b"] and out["runs"] == 2 and out["worst steady error"] == 0.03
+    assert (out["steady within target"], out["peak within target"]) == (1, 2)
+    # the committed runs: the walks cover two models, and train()'s runs add held-out ones
+    committed = held_out(compare() + compare_train_runs())
+    assert committed[0]["models"] == ["llava-1.5-7b", "llava-v1.6-mistral-7b"] and committed[1]["runs"] > 0
+
+
 @pytest.fixture(scope="module")
 def cpu_runs():
     """ZeRO-1/2/3 and FSDP2 on the tiny LLaVA, 2 CPU processes over gloo; each rank's real holdings."""
@@ -248,6 +263,25 @@ def test_each_ranks_states_equal_the_breakdown_exactly(cpu_runs, method):
         expected = predicted_holdings("tiny-llava-1.5", method, gpus=2, micro_batch=2, seq_len=100, rank=rank,
                                       stage3_param_persistence_threshold=0)
         assert {k: got[k] for k in expected} == expected, (method, rank)
+
+
+def test_fsdp_qlora_keeps_the_4bit_base_whole_on_each_rank_and_shards_the_rest():
+    """QLoRA on FSDP2, 2 CPU processes over gloo: each rank's real holdings are the calculator's, the 4-bit base
+    counted whole on both ranks. ``holdings`` reads tensors that are parameters, so the NF4 blocks' double-quantised
+    constants (``quant_state``, DOUBLE_QUANT_BYTES a weight) are the one term it cannot see."""
+    from llava_nb.lab.measure import run_measure
+    from llava_nb.memory.formulas import DOUBLE_QUANT_BYTES
+    from llava_nb.memory.shapes import model_shapes
+
+    run = run_measure("tiny-llava-1.5", "fsdp+qlora", "2x100")[0]
+    constants = model_shapes("tiny-llava-1.5").llm_linear * DOUBLE_QUANT_BYTES
+    assert run["gpus"] == 2 and not run["oom"]
+    for rank, got in enumerate(r["holdings"] for r in run["per_rank"]):
+        expected = predicted_holdings("tiny-llava-1.5", "fsdp+qlora", gpus=2, micro_batch=2, seq_len=100, rank=rank)
+        assert {**got, "weights": got["weights"] + constants} == {**expected, "weights": expected["weights"]}, rank
+    whole = predicted_holdings("tiny-llava-1.5", "fsdp+qlora", gpus=1, micro_batch=2, seq_len=100)
+    lora = predicted_holdings("tiny-llava-1.5", "fsdp+lora", gpus=2, micro_batch=2, seq_len=100)
+    assert expected["optimizer_states"] == lora["optimizer_states"] == whole["optimizer_states"] / 2
 
 
 def test_config_and_name_give_the_same_estimate():
