@@ -86,3 +86,47 @@ def test_the_roundtrip_runs_where_the_weight_is():
     # in for the GPU here: it, too, refuses a CPU operand
     w = torch.empty(4, 256, device="meta")
     assert nf4_roundtrip(w).device == w.device and nf4_roundtrip(w).shape == w.shape
+
+
+FSDP_STREAM = """
+import json, os, sys, warnings
+warnings.filterwarnings("ignore")
+import torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo", rank=0, world_size=1)
+import llava_nb
+from llava_nb.lab.quant import hidden_state_dtypes
+from llava_nb.methods.fsdp import shard_fsdp
+from llava_nb.methods.setup import load_kwargs, setup_model
+out = {}
+for method in ("qlora", "fsdp+qlora"):
+    model = llava_nb.load_model(sys.argv[1], **load_kwargs(method, "bf16"))
+    model = setup_model(model, method, mixed_precision="bf16", gradient_checkpointing=True)
+    out[method] = sorted(set(hidden_state_dtypes(shard_fsdp(model) if method.startswith("fsdp") else model).values()))
+dist.destroy_process_group()
+print(json.dumps(out))
+"""
+
+
+def test_fsdp2_keeps_qloras_hidden_states_in_bf16_as_the_calculator_counts(tmp_path):
+    """Under FSDP2 QLoRA's fp32 norms are computed from bf16 copies, so its hidden states stay bf16 (on DDP they
+    widen to fp32, above); the calculator's activation terms follow (``activations.fp32_stream``). One process over
+    gloo, in a fresh interpreter."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import llava_nb
+    from llava_nb.memory.activations import compute_of
+    from llava_nb.methods.registry import get_method
+
+    llava_nb.build_model(llava_nb.profile_model("v1.5", "tiny"), seed=0).save_pretrained(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    proc = subprocess.run([sys.executable, "-c", FSDP_STREAM, str(tmp_path), port], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"qlora": ["float32"], "fsdp+qlora": ["bfloat16"]}
+    assert (compute_of(get_method("qlora")).stream, compute_of(get_method("fsdp+qlora")).stream) == (4, 2)

@@ -93,11 +93,18 @@ def compute_of(method, device: str = "cuda", deepspeed_linear: bool | None = Non
         deepspeed_linear = method.engine.kind == "deepspeed" and method.engine.zero_stage == 3
     autocast = method.engine.kind == "ddp"
     lora = method.adapter.name != "none"
-    quantized = method.adapter.quantized
-    stream = 4 if quantized or (autocast and not lora) else 2
+    widened = fp32_stream(method)
+    stream = 4 if widened or (autocast and not lora) else 2
     mask = 1 if device == "cuda" else (4 if autocast else 2)  # CPU dropout keeps its noise in the input's dtype
-    return Compute(stream=stream, mlp=4 if quantized else 2, autocast=autocast, base_trains=not lora, lora=lora,
+    return Compute(stream=stream, mlp=4 if widened else 2, autocast=autocast, base_trains=not lora, lora=lora,
                    mask=mask, device=device, frozen_linear_inputs=deepspeed_linear)
+
+
+def fp32_stream(method) -> bool:
+    """QLoRA's hidden states are fp32: ``prepare_model_for_kbit_training`` casts the norms to fp32, and Llama's
+    RMSNorm returns its weight's dtype (the QLoRA chapter). Not under FSDP2, which computes with bf16 copies of
+    every sharded parameter, the norms included (``llava_nb.lab.quant.hidden_state_dtypes`` shows both)."""
+    return method.adapter.quantized and method.engine.kind != "fsdp"
 
 
 def block_terms(block: Block, compute: Compute, attention: str = "sdpa", seq_len: int = 0,

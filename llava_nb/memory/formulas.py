@@ -13,8 +13,8 @@ import math
 from ..errors import UnknownMethodError
 from ..methods.counts import sized_numel
 from ..methods.registry import DTYPE_BYTES
-from .activations import (Block, block_constant, block_terms, checkpointed_bytes, compute_of, vit_block_constant,
-                          vit_block_terms, vit_stream)
+from .activations import (Block, block_constant, block_terms, checkpointed_bytes, compute_of, fp32_stream,
+                          vit_block_constant, vit_block_terms, vit_stream)
 from .host import offload_host_terms
 from .shapes import Shapes, method_sizes
 
@@ -115,7 +115,7 @@ def activation_bytes_per_token(shapes: Shapes, method, grad_checkpointing: bool,
     per_block = sum(block_terms(block, compute, attention, seq_len, shapes.lora_r).values())
     fixed = block_constant(block, compute, shapes.lora_r, attention)
     L = shapes.layers
-    logits = (16 if method.adapter.quantized else 14) * shapes.vocab
+    logits = (16 if fp32_stream(method) else 14) * shapes.vocab
     if grad_checkpointing:  # autocast's weight cache lives until the forward ends, checkpointed or not
         return {"blocks": L * checkpointed_bytes(block, compute), "one_block": per_block, "logits": logits,
                 "blocks_fixed": L * fixed, "one_block_fixed": fixed}
