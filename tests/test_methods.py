@@ -95,8 +95,9 @@ def test_the_calculator_counts_what_train_builds(name, trained):
     assert run["states"] == estimate.states == get_method(name).states("bf16").as_dict()
 
 
-@pytest.mark.parametrize("method", ["lora", "ddp"])
-def test_setup_leaves_no_input_require_grad_hooks_and_the_gradients_unchanged(method):
+@pytest.mark.parametrize("method", ["lora", "qlora", "ddp"])
+@pytest.mark.filterwarnings("ignore")  # bitsandbytes' CPU kernels announce an optional package
+def test_setup_leaves_no_input_require_grad_hooks_and_the_gradients_unchanged(method, tmp_path):
     """transformers' checkpointing and peft register hooks that make every input embedding's output require grad,
     the frozen ViT's patch embeddings included; setup_model removes them (non-reentrant checkpointing needs none).
     The trained parameters' gradients are the same as with the hooks, and the frozen ViT is no longer differentiated
@@ -105,7 +106,7 @@ def test_setup_leaves_no_input_require_grad_hooks_and_the_gradients_unchanged(me
 
     import llava_nb
     from llava_nb.lab.harness import synthetic_batch
-    from llava_nb.methods.setup import setup_model
+    from llava_nb.methods.setup import load_kwargs, setup_model
     from llava_nb.models.params import model_parts
 
     def hooked(model):
@@ -122,7 +123,8 @@ def test_setup_leaves_no_input_require_grad_hooks_and_the_gradients_unchanged(me
         handle.remove()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, seen
 
-    model = setup_model(llava_nb.build_model(MODEL, seed=0), get_method(method).for_stage(2),
+    llava_nb.build_model(MODEL, seed=0).save_pretrained(tmp_path)  # loaded as train() loads it (4-bit for QLoRA)
+    model = setup_model(llava_nb.load_model(tmp_path, **load_kwargs(method, "no")), get_method(method).for_stage(2),
                         gradient_checkpointing=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                         mixed_precision="no")
     assert hooked(model) == []

@@ -230,9 +230,8 @@ def _train_loop(accelerator, model, optimizer, scheduler, loader, progress, cfg,
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
-                # keep the value, not the graph: a loss still referenced holds its graph's leaves (under LoRA the
-                # embeddings' outputs that the input-require-grad hooks make leaves, with their .grad) through the
-                # next forward and into the steady reading
+                # keep the value, not the graph: a loss still referenced holds its graph's leaves (and their .grad)
+                # through the next forward and into the steady reading
                 loss = loss.detach()
                 # DeepSpeed clips inside its step, at its config's gradient_clipping (max_grad_norm, set by
                 # methods.deepspeed); Accelerate's clip_grad_norm_ only reads the engine's norm there
