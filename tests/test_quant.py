@@ -113,19 +113,17 @@ def test_fsdp2_keeps_qloras_hidden_states_in_bf16_as_the_calculator_counts(tmp_p
     widen to fp32, above); the calculator's activation terms follow (``activations.fp32_stream``). One process over
     gloo, in a fresh interpreter."""
     import json
-    import socket
     import subprocess
     import sys
 
     import llava_nb
     from llava_nb.memory.activations import compute_of
     from llava_nb.methods.registry import get_method
+    from llava_nb.training.launch import free_port
 
     llava_nb.build_model(llava_nb.profile_model("v1.5", "tiny"), seed=0).save_pretrained(tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    proc = subprocess.run([sys.executable, "-c", FSDP_STREAM, str(tmp_path), port], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", FSDP_STREAM, str(tmp_path), str(free_port())], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"qlora": ["float32"], "fsdp+qlora": ["bfloat16"]}

@@ -56,6 +56,7 @@ def _shapes_from_module(model, lora_r: int = 128) -> dict:
         "parts": tuple(_part_of(name) for name, _ in model.named_parameters()),
         "adapter_sizes": tuple(shape for m in lm.modules() if type(m).__name__ == "Linear"
                                for shape in ((lora_r, m.in_features), (m.out_features, lora_r))),
+        "llm_linear_sizes": tuple((False, tuple(m.weight.shape)) for m in lm.modules() if type(m).__name__ == "Linear"),
     }
 
 

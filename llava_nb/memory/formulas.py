@@ -165,23 +165,13 @@ def _fsdp_terms(shapes: Shapes, sizes, method, gpus: int, one_block: int, rank: 
     uint8 weights out of ``fully_shard``), in NF4 as ``_frozen_bytes`` counts them; the rest is sharded."""
     params = 4 * fsdp_shard(sizes, gpus, trainable_only=False, rank=rank)
     if method.adapter.quantized:
-        quantized = _llm_linear_sizes(shapes)
         params += (int(shapes.llm_linear * (NF4_BITS / 8 + DOUBLE_QUANT_BYTES))
-                   - 4 * fsdp_shard(quantized, gpus, trainable_only=False, rank=rank))
+                   - 4 * fsdp_shard(shapes.llm_linear_sizes, gpus, trainable_only=False, rank=rank))
     part = fsdp_shard(sizes, gpus, trainable_only=True, rank=rank)
     persistent = {"weights": params, "optimizer_states": 8 * part}
     end = {"gradients": 4 * part, "activations": one_block}
     step = {"gradients": 4 * part, "optimizer_temporaries": 4 * part}
     return persistent, end, step
-
-
-def _llm_linear_sizes(shapes: Shapes) -> tuple:
-    """``(trains, shape)`` of the LLM blocks' Linear weights (what QLoRA quantises): the language model's 2-D
-    parameters other than its embeddings (vocabulary rows)."""
-    linear = tuple((t, s) for part, (t, s) in zip(shapes.parts, shapes.sizes)
-                   if part == "language_model" and len(s) == 2 and s[0] != shapes.vocab)
-    assert sized_numel(linear) == shapes.llm_linear, "the LLM's Linear weights are not what shapes counted"
-    return linear
 
 
 def _frozen_bytes(shapes: Shapes, sizes, method) -> int:

@@ -47,6 +47,7 @@ class Shapes:
     persistent_small: int   # parameters of tensors below ZeRO-3's persistence threshold (10 h)
     parts: tuple = ()       # the LLaVA part of each entry of ``sizes`` ("vision_tower", "projector", ...)
     adapter_sizes: tuple = ()  # LoRA's A (r, in) and B (out, r) of every LLM Linear, in module order
+    llm_linear_sizes: tuple = ()  # (trains, shape) of the LLM blocks' Linear weights (what QLoRA quantises)
 
 
 def method_sizes(shapes: Shapes, method, unfreeze_vision: bool = False) -> tuple:
@@ -81,7 +82,8 @@ def shapes_of(numbers: Numbers, lora_r: int = 128) -> Shapes:
         persistent_small=sum(math.prod(s) for _, s in sizes if math.prod(s) < 10 * h),
         parts=tuple(o.part for o in owners for _ in o.params),
         adapter_sizes=tuple(shape for o in lm_linears for shape in ((lora_r, o.params[0][1][1]),
-                                                                    (o.params[0][1][0], lora_r))))
+                                                                    (o.params[0][1][0], lora_r))),
+        llm_linear_sizes=tuple((False, o.params[0][1]) for o in lm_linears))
 
 
 def model_shapes(model, lora_r: int = 128) -> Shapes:
